@@ -1,0 +1,171 @@
+"""StateStore: the one place where per-sequence model state lives.
+
+- Lightning layers: one fp32 state per (layer, slot): `[linear_layers, slots, heads, head_dim, head_dim]`.
+  Its size does not depend on the sequence length.
+- Softmax layers: a paged KV cache `[softmax_layers, blocks, block_size, kv_heads, head_dim]` (keys after
+  RoPE); each slot owns a list of blocks, so memory follows the real lengths, not `max_model_len`.
+
+A step of the model works on a `BatchInfo`: which slots, how many tokens each already has (`start_pos`)
+and how many new tokens it brings (`num_new`). Tokens of all sequences are concatenated (no padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from minimax01.config import MiniMaxConfig
+
+
+class OutOfSlots(RuntimeError):
+    """No free sequence slot or KV block is left in the store's budget."""
+
+
+@dataclass
+class BatchInfo:
+    """Describes one flattened step. Python lists drive the reference loops; tensors feed kernels."""
+
+    slots: list[int]
+    start_pos: list[int]  # tokens already in the cache for each sequence
+    num_new: list[int]  # new tokens of each sequence in this step
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        if not (len(self.slots) == len(self.start_pos) == len(self.num_new)):
+            raise ValueError("BatchInfo lists must have equal lengths")
+        self.cu_seqlens = [0]
+        for n in self.num_new:
+            self.cu_seqlens.append(self.cu_seqlens[-1] + n)
+        self.num_tokens = self.cu_seqlens[-1]
+        pos = [torch.arange(s, s + n) for s, n in zip(self.start_pos, self.num_new)]
+        self.positions = (torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long)).to(self.device)
+        self.slots_t = torch.tensor(self.slots, dtype=torch.long, device=self.device)
+        # Sequences that bring exactly one token to a non-empty state take the O(1) recurrent path.
+        self.is_decode = all(n == 1 and s > 0 for n, s in zip(self.num_new, self.start_pos))
+        self.last_token_index = torch.tensor(self.cu_seqlens[1:], dtype=torch.long, device=self.device) - 1
+
+
+class StateStore:
+    """Lightning states + paged softmax KV cache for up to `max_seqs` sequences.
+
+    `num_kv_blocks=None` makes the KV pool grow on demand (convenience / tests); the engine passes a fixed
+    budget and gets `OutOfSlots` when it is exhausted.
+    """
+
+    def __init__(
+        self,
+        config: MiniMaxConfig,
+        max_seqs: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        num_kv_blocks: int | None = None,
+        kv_block_size: int = 64,
+        state_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_seqs = max_seqs
+        self.kv_block_size = kv_block_size
+        self.growable = num_kv_blocks is None
+        H, D = config.num_attention_heads, config.head_dim
+        # Layer index (global) -> index into the lightning / KV tensors.
+        self.linear_index = {layer: i for i, layer in enumerate(config.linear_layers)}
+        self.full_index = {layer: i for i, layer in enumerate(config.full_layers)}
+        self.lightning = torch.zeros(len(self.linear_index), max_seqs, H, D, D, dtype=state_dtype,
+                                     device=self.device)
+        blocks = num_kv_blocks if num_kv_blocks is not None else max(max_seqs, 1) * 4
+        kv_shape = (len(self.full_index), blocks, kv_block_size, config.num_key_value_heads, D)
+        self.k_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
+        self.v_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
+        self.free_blocks: list[int] = list(range(blocks - 1, -1, -1))
+        self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
+        self.block_tables: dict[int, list[int]] = {}
+        self.seq_lens: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ slots
+    def allocate(self) -> int:
+        """A fresh slot with a zero lightning state and an empty KV cache."""
+        if not self.free_slots:
+            raise OutOfSlots(f"all {self.max_seqs} sequence slots are in use")
+        slot = self.free_slots.pop()
+        self.lightning[:, slot].zero_()
+        self.block_tables[slot] = []
+        self.seq_lens[slot] = 0
+        return slot
+
+    def free(self, slot: int) -> None:
+        """Returns the slot and all its KV blocks at once."""
+        if slot not in self.block_tables:
+            return
+        self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
+        del self.seq_lens[slot]
+        self.free_slots.append(slot)
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self.free_slots)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_blocks)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.k_cache.shape[1]
+
+    def blocks_needed(self, slot: int, new_tokens: int) -> int:
+        have = len(self.block_tables.get(slot, []))
+        need = -(-(self.seq_lens.get(slot, 0) + new_tokens) // self.kv_block_size)
+        return max(0, need - have) if self.full_index else 0
+
+    # ------------------------------------------------------------------ KV pages
+    def _grow(self, min_extra: int) -> None:
+        old = self.num_kv_blocks
+        new = max(old * 2, old + min_extra)
+        for name in ("k_cache", "v_cache"):
+            t = getattr(self, name)
+            grown = torch.zeros((t.shape[0], new) + tuple(t.shape[2:]), dtype=t.dtype, device=t.device)
+            grown[:, :old] = t
+            setattr(self, name, grown)
+        self.free_blocks = list(range(new - 1, old - 1, -1)) + self.free_blocks
+
+    def prepare(self, batch: BatchInfo) -> torch.Tensor:
+        """Reserves KV blocks for the new tokens and returns their flat cache positions [T]
+        (block * block_size + offset), where the softmax layers write k and v."""
+        need = sum(self.blocks_needed(s, n) for s, n in zip(batch.slots, batch.num_new))
+        if need > len(self.free_blocks):
+            if not self.growable:
+                raise OutOfSlots(f"KV cache needs {need} more blocks, {len(self.free_blocks)} free")
+            self._grow(need - len(self.free_blocks))
+        positions = []
+        for slot, start, n in zip(batch.slots, batch.start_pos, batch.num_new):
+            if start != self.seq_lens[slot]:
+                raise ValueError(f"slot {slot} holds {self.seq_lens[slot]} tokens but the step starts at {start}")
+            table = self.block_tables[slot]
+            for _ in range(self.blocks_needed(slot, n)):
+                table.append(self.free_blocks.pop())
+            if self.full_index and n:
+                pos = torch.arange(start, start + n)
+                blocks = torch.tensor(table, dtype=torch.long)[pos // self.kv_block_size]
+                positions.append(blocks * self.kv_block_size + pos % self.kv_block_size)
+        flat = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+        return flat.to(self.device)
+
+    def commit(self, batch: BatchInfo) -> None:
+        """Advances the stored lengths after a successful step."""
+        for slot, n in zip(batch.slots, batch.num_new):
+            self.seq_lens[slot] += n
+
+    def kv_positions(self, slot: int, length: int) -> torch.Tensor:
+        """Flat cache positions [length] of the first `length` tokens of `slot`."""
+        pos = torch.arange(length)
+        blocks = torch.tensor(self.block_tables[slot], dtype=torch.long)[pos // self.kv_block_size]
+        return (blocks * self.kv_block_size + pos % self.kv_block_size).to(self.device)
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {
+            "lightning_state": self.lightning.numel() * self.lightning.element_size(),
+            "kv_cache": 2 * self.k_cache.numel() * self.k_cache.element_size(),
+        }

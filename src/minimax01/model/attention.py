@@ -1,0 +1,80 @@
+"""Softmax attention layer, SPEC §4: GQA, RoPE on the first `rotary_dim` dims only (half-split pairs inside
+that slice), θ from config, keys cached after RoPE in the paged KV cache of the StateStore. Unlike the
+original code (SPEC §9 #14) pads never reach this layer: the flattened batch carries no padding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimax01.cache import BatchInfo, StateStore
+from minimax01.config import MiniMaxConfig
+
+
+def rope_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq[i] = θ^(-2i/rotary_dim), i < rotary_dim/2, fp32."""
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+
+
+def apply_partial_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D]; rotates x[..., :rotary_dim] with half-split pairing (i, i + rotary_dim/2), computed
+    in fp32 and cast back once; the remaining dims pass through."""
+    rd = inv_freq.numel() * 2
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # [T, rd/2] fp32
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, rd]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos, sin = emb.cos().to(acc), emb.sin().to(acc)
+    xr = x[..., :rd].to(acc)
+    rotated = torch.cat((-xr[..., rd // 2:], xr[..., : rd // 2]), dim=-1)
+    out = (xr * cos + rotated * sin).to(x.dtype)
+    return torch.cat((out, x[..., rd:]), dim=-1) if rd < x.shape[-1] else out
+
+
+class SoftmaxAttention(nn.Module):
+    def __init__(self, config: MiniMaxConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim ** -0.5
+        inner, kv = config.inner_size, config.num_key_value_heads * config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, kv, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, kv, bias=False)
+        self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self._inv_freq = rope_inv_freq(config.rotary_dim, config.rope_theta)  # fp32, not a buffer (see lightning)
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if self._inv_freq.device != device:
+            self._inv_freq = self._inv_freq.to(device)
+        return self._inv_freq
+
+    def forward(self, x: torch.Tensor, batch: BatchInfo, store: StateStore, kv_pos: torch.Tensor) -> torch.Tensor:
+        # x: [T, hidden]; kv_pos: [T] flat cache positions where this step's keys/values are written
+        T = x.shape[0]
+        inv_freq = self.inv_freq(x.device)
+        q = apply_partial_rope(self.q_proj(x).view(T, self.num_heads, self.head_dim), batch.positions, inv_freq)
+        k = apply_partial_rope(self.k_proj(x).view(T, self.num_kv_heads, self.head_dim), batch.positions, inv_freq)
+        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
+        li = store.full_index[self.layer_idx]
+        k_pool = store.k_cache[li].view(-1, self.num_kv_heads, self.head_dim)  # [blocks*block_size, KVH, D]
+        v_pool = store.v_cache[li].view(-1, self.num_kv_heads, self.head_dim)
+        k_pool[kv_pos] = k.to(k_pool.dtype)
+        v_pool[kv_pos] = v.to(v_pool.dtype)
+        out = torch.empty_like(q)
+        for b, slot in enumerate(batch.slots):
+            lo, hi = batch.cu_seqlens[b], batch.cu_seqlens[b + 1]
+            if hi == lo:
+                continue
+            start, n = batch.start_pos[b], hi - lo
+            idx = store.kv_positions(slot, start + n)
+            kb = k_pool[idx].to(q.dtype).transpose(0, 1)[None]  # [1, KVH, L, D]
+            vb = v_pool[idx].to(q.dtype).transpose(0, 1)[None]
+            qb = q[lo:hi].transpose(0, 1)[None]  # [1, H, n, D]
+            # causal with an offset: query i (position start+i) sees keys 0..start+i
+            mask = torch.arange(start + n, device=x.device)[None, :] <= (start + torch.arange(n, device=x.device))[:, None]
+            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=self.scale, enable_gqa=True)
+            out[lo:hi] = ob[0].transpose(0, 1)
+        return self.o_proj(out.reshape(T, -1))
