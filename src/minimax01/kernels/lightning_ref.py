@@ -31,7 +31,7 @@ def build_slopes(num_heads: int) -> list[float]:
 def layer_decay_rates(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
     """s_{l,h} = slope_h · (1 − l/(L−1) + 1e−5) with l the GLOBAL layer index (softmax layers counted).
     fp32, shape [heads]. (Original code: `slope_rate * (1 - layer_idx / (num_layers - 1) + 1e-5)`.)"""
-    slopes = torch.tensor(build_slopes(num_heads), dtype=torch.float32)
+    slopes = torch.tensor(build_slopes(num_heads), dtype=torch.float32, device="cpu")  # never meta
     factor = 1 - layer_idx / (num_layers - 1) + 1e-5 if num_layers > 1 else 1 + 1e-5
     return slopes * factor
 

@@ -14,7 +14,8 @@ from minimax01.config import MiniMaxConfig
 
 def rope_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
     """inv_freq[i] = θ^(-2i/rotary_dim), i < rotary_dim/2, fp32."""
-    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim  # never meta
+    return 1.0 / (theta ** exponent)
 
 
 def apply_partial_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
