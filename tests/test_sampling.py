@@ -438,6 +438,10 @@ def test_stop_cut_exactly_before() -> None:
 
 def test_multiple_stop_strings_earliest_wins() -> None:
     assert _feed(StopChecker(["world", "lo w"]), ["hel", "lo wor", "ld"]) == ("hel", True)
+    # Both in one delta: the earlier occurrence wins, not the earlier-listed string.
+    sc = StopChecker(["world", "lo"])
+    assert sc.update("hello world") == ("hel", True)
+    assert sc.matched == "lo"
     sc = StopChecker(["\n\n", "User:"])
     assert _feed(sc, ["Answer: 4", "2.\nUs", "er: hi"]) == ("Answer: 42.\n", True)
     assert sc.matched == "User:"
