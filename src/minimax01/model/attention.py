@@ -32,6 +32,31 @@ def apply_partial_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch
     return torch.cat((out, x[..., rd:]), dim=-1) if rd < x.shape[-1] else out
 
 
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               max_mask_elems: int = 1 << 26) -> torch.Tensor:
+    """Causal GQA attention of one sequence's n newest queries over its L cached keys (the queries are the
+    last n positions). q [n, H, D], k/v [L, KVH, D] -> [n, H, D]."""
+    n, L = q.shape[0], k.shape[0]
+    kb, vb = k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # [1, KVH, L, D]
+    qb = q.transpose(0, 1)[None]  # [1, H, n, D]
+    if n == 1:  # decode: every cached key is visible, no mask needed
+        return F.scaled_dot_product_attention(qb, kb, vb, scale=scale, enable_gqa=True)[0].transpose(0, 1)
+    if n == L:  # whole sequence in this step: plain causal (lets SDPA pick its flash backend)
+        return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale,
+                                              enable_gqa=True)[0].transpose(0, 1)
+    # Continuation chunk: query i sits at position L-n+i and sees keys 0..L-n+i. Queries go in slices so the
+    # boolean mask stays bounded at long context.
+    out = torch.empty_like(q)
+    step = max(1, max_mask_elems // L)
+    key_pos = torch.arange(L, device=q.device)[None, :]
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        mask = key_pos <= (L - n + torch.arange(lo, hi, device=q.device))[:, None]  # [hi-lo, L]
+        o = F.scaled_dot_product_attention(qb[:, :, lo:hi], kb, vb, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[lo:hi] = o[0].transpose(0, 1)
+    return out
+
+
 class SoftmaxAttention(nn.Module):
     def __init__(self, config: MiniMaxConfig, layer_idx: int) -> None:
         super().__init__()
@@ -67,15 +92,7 @@ class SoftmaxAttention(nn.Module):
         out = torch.empty_like(q)
         for b, slot in enumerate(batch.slots):
             lo, hi = batch.cu_seqlens[b], batch.cu_seqlens[b + 1]
-            if hi == lo:
-                continue
-            start, n = batch.start_pos[b], hi - lo
-            idx = store.kv_positions(slot, start + n)
-            kb = k_pool[idx].to(q.dtype).transpose(0, 1)[None]  # [1, KVH, L, D]
-            vb = v_pool[idx].to(q.dtype).transpose(0, 1)[None]
-            qb = q[lo:hi].transpose(0, 1)[None]  # [1, H, n, D]
-            # causal with an offset: query i (position start+i) sees keys 0..start+i
-            mask = torch.arange(start + n, device=x.device)[None, :] <= (start + torch.arange(n, device=x.device))[:, None]
-            ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=self.scale, enable_gqa=True)
-            out[lo:hi] = ob[0].transpose(0, 1)
+            if hi > lo:
+                idx = store.kv_positions(slot, batch.start_pos[b] + hi - lo)
+                out[lo:hi] = attend_one(q[lo:hi], k_pool[idx].to(q.dtype), v_pool[idx].to(q.dtype), self.scale)
         return self.o_proj(out.reshape(T, -1))

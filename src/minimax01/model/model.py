@@ -108,6 +108,7 @@ class MiniMaxForCausalLM(nn.Module):
         cache: MiniMaxCache | None = None,
         use_cache: bool = True,
         logits_to_keep: int = 0,  # 0 = logits for every position, k = only the last k columns
+        prefill_chunk_size: int | None = 8192,  # tokens per row and step (None = all at once)
     ) -> CausalLMOutput:
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
@@ -121,20 +122,26 @@ class MiniMaxForCausalLM(nn.Module):
         elif cache.batch_size != B:
             raise RequestError(f"cache holds {cache.batch_size} sequences but input_ids has {B} rows")
         mask = self._new_token_mask(attention_mask, cache, B, n, use_cache)  # [B, n] bool
-        input_ids = input_ids.to(self.device)
-        lens = cache.seq_lens()
-        num_new = mask.sum(1).tolist()
-        rows = [b for b in range(B) if num_new[b]]
-        batch = BatchInfo([cache.slots[b] for b in rows], [lens[b] for b in rows], [num_new[b] for b in rows],
-                          device=self.device)
-        flat_mask = mask.to(self.device)
-        keep = torch.zeros_like(flat_mask)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        keep = torch.zeros_like(mask)
         keep[:, n - (logits_to_keep or n):] = True
-        logits_index = (keep[flat_mask]).nonzero(as_tuple=True)[0]
         logits = torch.zeros(B, n, self.config.vocab_size, dtype=torch.float32, device=self.device)
-        if batch.num_tokens:
-            step_logits = self.forward_step(input_ids[flat_mask], batch, cache.store, logits_index)
-            logits[flat_mask & keep] = step_logits
+        # Column windows of at most `prefill_chunk_size`: activations stay O(chunk) however long the prompt;
+        # lightning layers carry their fp32 state and softmax layers their KV cache from window to window.
+        chunk = prefill_chunk_size or max(n, 1)
+        for c0 in range(0, n, chunk):
+            win_mask, win_keep = mask[:, c0:c0 + chunk], keep[:, c0:c0 + chunk]
+            num_new = win_mask.sum(1).tolist()
+            rows = [b for b in range(B) if num_new[b]]
+            if not rows:
+                continue
+            lens = cache.seq_lens()
+            batch = BatchInfo([cache.slots[b] for b in rows], [lens[b] for b in rows], [num_new[b] for b in rows],
+                              device=self.device)
+            logits_index = win_keep[win_mask].nonzero(as_tuple=True)[0]
+            tokens = input_ids[:, c0:c0 + chunk][win_mask]
+            step_logits = self.forward_step(tokens, batch, cache.store, logits_index)
+            logits[:, c0:c0 + chunk][win_mask & win_keep] = step_logits
         cache.num_columns += n
         if logits_to_keep:
             logits = logits[:, n - logits_to_keep:]
