@@ -265,8 +265,8 @@ def test_normalize_is_idempotent_and_does_not_mutate():
     assert messages == before
     assert normalize_messages(once) == once
     assert once[-2]["content"][-1]["text"] == render_tool_call("f", "{}")
-    tools = [{"type": "function", "function": WEATHER}, SEARCH]
-    assert normalize_tools(normalize_tools(tools)) == normalize_tools(tools) == [WEATHER, SEARCH]
+    tools = [{"type": "function", "function": WEATHER}, SEARCH, {"type": "function", **NOPARAMS}]
+    assert normalize_tools(normalize_tools(tools)) == normalize_tools(tools) == [WEATHER, SEARCH, NOPARAMS]
     assert normalize_tools(None) is None
 
 
@@ -316,7 +316,8 @@ def test_normalize_messages_errors(messages, field):
     ({"name": "f"}, "tools must be a list"),
     (["f"], r"tools\[0\] must be an object"),
     ([{"type": "function", "function": "f"}], r"tools\[0\]\.function must be an object"),
-    ([{"type": "retrieval", "function": {"name": "f"}}], r"tools\[0\]\.type"),
+    ([{"type": "retrieval", "function": {"name": "f"}}], r"tools\[0\]\.type 'retrieval'"),
+    ([{"type": "function"}], r"tools\[0\]\.name"),
     ([{"type": "code_interpreter"}], r"tools\[0\]\.type 'code_interpreter'"),
     ([{"description": "no name"}], r"tools\[0\]\.name"),
     ([{"type": "function", "function": {"description": "no name"}}], r"tools\[0\]\.function\.name"),

@@ -103,7 +103,9 @@ def _text_parts(content: Any, where: str) -> list[str]:
         if not isinstance(part, Mapping):
             raise RequestError(f"{where}[{j}] must be an object with type 'text'")
         if part.get("type") != "text":
-            raise RequestError(f"{where}[{j}].type {part.get('type')!r} is not supported (MiniMax-Text-01 reads text only)")
+            raise RequestError(
+                f"{where}[{j}].type {part.get('type')!r} is not supported (MiniMax-Text-01 reads text only)"
+            )
         if not isinstance(part.get("text"), str):
             raise RequestError(f"{where}[{j}].text must be a string")
         texts.append(part["text"])
@@ -250,11 +252,12 @@ def _tool_result_name(msg: Mapping[str, Any], where: str, call_names: dict[str, 
 def normalize_tools(tools: Any) -> list[dict[str, Any]] | None:
     """Validates tool definitions and returns the inner function objects to render.
 
-    Accepts OpenAI entries `{"type": "function", "function": {...}}` and bare function objects
-    `{"name", "description", "parameters"}`. The template renders each entry as given; we render the inner
-    function object because MiniMax's function-call guide shows that form as the model's input format, which is
-    the better guess of the training format (SPEC §7.2) — the HF example that passes the OpenAI wrapper would
-    render `{"type": "function", "function": ...}` instead. Keys keep their order and values are not altered.
+    Accepts OpenAI entries `{"type": "function", "function": {...}}`, bare function objects
+    `{"name", "description", "parameters"}` and the flat `{"type": "function", "name": ...}` form.
+    The template renders each entry as given; we render the inner function object because MiniMax's
+    function-call guide shows that form as the model's input format, the better guess of the training format
+    (SPEC §7.2). The HF example passes the OpenAI wrapper and so renders `{"type": "function", "function": ...}`
+    instead. Keys keep their order and values are not altered.
     """
     if tools is None:
         return None
@@ -266,16 +269,14 @@ def normalize_tools(tools: Any) -> list[dict[str, Any]] | None:
         where = f"tools[{i}]"
         if not isinstance(tool, Mapping):
             raise RequestError(f"{where} must be an object")
-        if "function" in tool:
-            if tool.get("type", "function") != "function":
-                raise RequestError(f"{where}.type must be 'function', got {tool.get('type')!r}")
+        if tool.get("type", "function") != "function":
+            raise RequestError(f"{where}.type {tool['type']!r} is not supported; only 'function' tools are")
+        if "function" in tool:  # Chat Completions: {"type": "function", "function": {...}}
             fn, where = tool["function"], f"{where}.function"
             if not isinstance(fn, Mapping):
                 raise RequestError(f"{where} must be an object")
-        elif "type" in tool and "name" not in tool:
-            raise RequestError(f"{where}.type {tool['type']!r} is not supported; only function tools are")
-        else:
-            fn = tool
+        else:  # a bare function object, or the Responses API's flat {"type": "function", "name": ...}
+            fn = {k: v for k, v in tool.items() if k != "type"}
         name = _check_name(fn.get("name"), f"{where}.name")
         if name in seen:
             raise RequestError(f"{where}.name {name!r} is defined twice")

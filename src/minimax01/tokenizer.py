@@ -100,36 +100,31 @@ class MiniMaxTokenizer:
 class IncrementalDecoder:
     """Streaming detokenization: `step(id)` returns only the newly completed text.
 
-    Decodes a small window (the last emitted chunk + the pending tokens) and emits the part beyond the last
-    chunk once it does not end in U+FFFD, i.e. once no UTF-8 sequence is left incomplete. Keeping the previous
-    chunk in the window lets decoders that depend on context (leading-space rules) render consistently.
-    The concatenation of all steps plus `flush()` equals `decode` of all ids.
+    Pending tokens are decoded together and emitted once their text does not end in U+FFFD, i.e. once no
+    UTF-8 sequence is left incomplete. Emitting a decoded chunk on its own is exact for byte-level BPE (the
+    MiniMax/GPT-2 decoder has no context-dependent rules such as dropped leading spaces), and UTF-8 is
+    self-synchronising, so later bytes never change a completed character. The concatenation of all steps
+    plus `flush()` equals `decode` of all ids.
     """
 
     def __init__(self, tokenizer: MiniMaxTokenizer, skip_special_tokens: bool = False) -> None:
         self._tok = tokenizer
         self._skip = skip_special_tokens
-        self._ids: list[int] = []  # the window: last emitted chunk's ids, then pending ids
-        self._read = 0  # self._ids[:self._read] is the already-emitted chunk
-        self._read_text = ""  # its decoded text
+        self._pending: list[int] = []  # ids whose text has not been emitted yet
 
     def step(self, token_id: int) -> str:
         """Adds one token; returns the new text (possibly "" while a character is incomplete)."""
-        self._ids.append(token_id)
-        text = self._tok.decode(self._ids, self._skip)
-        if len(text) <= len(self._read_text) or text.endswith("\ufffd"):
+        self._pending.append(token_id)
+        text = self._tok.decode(self._pending, self._skip)
+        if not text or text.endswith("\ufffd"):
             return ""
-        new = text[len(self._read_text):]
-        # The pending tokens become the next window's context; older ids are no longer needed.
-        self._ids = self._ids[self._read:]
-        self._read = len(self._ids)
-        self._read_text = self._tok.decode(self._ids, self._skip)
-        return new
+        self._pending = []
+        return text
 
     def flush(self) -> str:
         """Text still held back (an incomplete or invalid byte sequence at the end, shown as U+FFFD)."""
-        text = self._tok.decode(self._ids, self._skip)[len(self._read_text):]
-        self._ids, self._read, self._read_text = [], 0, ""
+        text = self._tok.decode(self._pending, self._skip)
+        self._pending = []
         return text
 
 
