@@ -62,6 +62,8 @@ class StateStore:
         num_kv_blocks: int | None = None,
         kv_block_size: int = 64,
         state_dtype: torch.dtype = torch.float32,
+        num_heads: int | None = None,  # lightning heads held here (tensor parallel: this rank's); None = config's
+        num_kv_heads: int | None = None,  # softmax kv heads held here; None = config's
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -69,14 +71,15 @@ class StateStore:
         self.max_seqs = max_seqs
         self.kv_block_size = kv_block_size
         self.growable = num_kv_blocks is None
-        H, D = config.num_attention_heads, config.head_dim
+        H, D = num_heads or config.num_attention_heads, config.head_dim
+        KVH = num_kv_heads or config.num_key_value_heads
         # Layer index (global) -> index into the lightning / KV tensors.
         self.linear_index = {layer: i for i, layer in enumerate(config.linear_layers)}
         self.full_index = {layer: i for i, layer in enumerate(config.full_layers)}
         self.lightning = torch.zeros(len(self.linear_index), max_seqs, H, D, D, dtype=state_dtype,
                                      device=self.device)
         blocks = num_kv_blocks if num_kv_blocks is not None else max(max_seqs, 1) * 4
-        kv_shape = (len(self.full_index), blocks, kv_block_size, config.num_key_value_heads, D)
+        kv_shape = (len(self.full_index), blocks, kv_block_size, KVH, D)
         self.k_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.free_blocks: list[int] = list(range(blocks - 1, -1, -1))

@@ -28,6 +28,10 @@ _ALPHA_BETA_KEYS = [
 ]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def default_attn_type_list(num_layers: int, period: int = 8) -> list[int]:
     """Text-01's pattern: 7 lightning layers then 1 softmax layer, repeated ((i+1) % 8 == 0 is softmax)."""
     return [FULL if (i + 1) % period == 0 else LINEAR for i in range(num_layers)]
@@ -68,7 +72,7 @@ class MiniMaxConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.rotary_dim is None:
+        if self.rotary_dim is None and isinstance(self.head_dim, int):  # a bad head_dim is reported by validate()
             self.rotary_dim = self.head_dim // 2
         self.validate()
 
@@ -137,6 +141,7 @@ class MiniMaxConfig:
         if "text_config" in d and "hidden_size" not in d:
             d = dict(d["text_config"])
         kw: dict[str, Any] = {}
+        aliases: dict[str, str] = {}  # field -> the key it was read from when the file spells it differently
 
         # layer pattern: attn_type_list | decoder_attention_types | layer_types
         if "attn_type_list" in d:
@@ -144,8 +149,10 @@ class MiniMaxConfig:
             d.pop("layer_types", None)
         elif "decoder_attention_types" in d:
             kw["attn_type_list"] = d.pop("decoder_attention_types")
+            aliases["attn_type_list"] = "decoder_attention_types"
         elif "layer_types" in d:
             names = d.pop("layer_types")
+            aliases["attn_type_list"] = "layer_types"
             if not isinstance(names, list):
                 raise ConfigError("config key 'layer_types' must be a list")
             try:
@@ -162,6 +169,7 @@ class MiniMaxConfig:
                 d.pop(tf, None)
             elif tf in d:
                 kw[orig] = d.pop(tf)
+                aliases[orig] = tf
 
         # RoPE: rope_theta + rotary_dim (original) or rope_parameters{rope_theta, partial_rotary_factor} (TF5)
         rope_params = d.pop("rope_parameters", None) or d.pop("rope_scaling", None)
@@ -171,18 +179,30 @@ class MiniMaxConfig:
             if rope_params.get("rope_type", "default") not in ("default", None):
                 raise ConfigError(f"config key 'rope_parameters.rope_type' must be 'default', got "
                                   f"{rope_params.get('rope_type')!r}: MiniMax-Text-01 uses no RoPE scaling")
-            kw.setdefault("rope_theta", rope_params.get("rope_theta", MiniMaxConfig.rope_theta))
-            if "rotary_dim" not in d and "partial_rotary_factor" in rope_params:
-                head_dim = d.get("head_dim") or d.get("hidden_size", 0) // max(d.get("num_attention_heads", 1), 1)
-                kw["rotary_dim"] = int(round(float(rope_params["partial_rotary_factor"]) * head_dim))
-        if "partial_rotary_factor" in d and "rotary_dim" not in d:
-            head_dim = d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"]
-            kw["rotary_dim"] = int(round(float(d.pop("partial_rotary_factor")) * head_dim))
-        if d.get("head_dim") is None and "hidden_size" in d and "num_attention_heads" in d:
+            if "rope_theta" not in kw:
+                kw["rope_theta"] = rope_params.get("rope_theta", MiniMaxConfig.rope_theta)
+                aliases["rope_theta"] = "rope_parameters.rope_theta"
+            if "partial_rotary_factor" in rope_params:
+                aliases["rotary_dim"] = "rope_parameters.partial_rotary_factor"
+                factor = rope_params["partial_rotary_factor"]
+        if "partial_rotary_factor" in d:
+            aliases["rotary_dim"] = "partial_rotary_factor"
+            factor = d.pop("partial_rotary_factor")
+        if d.get("head_dim") is None and _is_int(d.get("hidden_size")) and _is_int(d.get("num_attention_heads")) \
+                and d["num_attention_heads"] > 0:
             # transformers' fallback; the real model always sets head_dim=128 explicitly.
             d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+        if "rotary_dim" in d:
+            aliases.pop("rotary_dim", None)
+        elif "rotary_dim" in aliases:
+            if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+                raise ConfigError(f"config key '{aliases['rotary_dim']}' must be a number, got {factor!r}")
+            head_dim = d.get("head_dim", MiniMaxConfig.head_dim)
+            if _is_int(head_dim):  # otherwise validate() reports head_dim
+                kw["rotary_dim"] = int(round(factor * head_dim))
         if "block" in d and "block_size" not in d:
             d["block_size"] = d.pop("block")
+            aliases["block_size"] = "block"
 
         known = {f.name for f in fields(cls)} - {"extra"}
         extra = {}
@@ -203,13 +223,19 @@ class MiniMaxConfig:
             # transformers' own default starts with full attention at layer 0 (SPEC §1.2): never guess.
             raise ConfigError("config has no layer pattern: set 'attn_type_list' (original) or 'layer_types' "
                               "(transformers)")
-        for key, value in kw.items():
-            if key in ("rope_theta", "rms_norm_eps") or key.startswith("layernorm_"):
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-                kw[key] = float(value)
         try:
+            for key, value in kw.items():
+                if key in ("rope_theta", "rms_norm_eps") or key.startswith("layernorm_"):
+                    if not isinstance(value, (int, float)) or isinstance(value, bool):
+                        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+                    kw[key] = float(value)
             return cls(**kw, extra=extra)
+        except ConfigError as e:
+            # validation speaks of the original key names: also name the key as this file spells it
+            message = str(e)
+            for name, spelled in aliases.items():
+                message = message.replace(f"'{name}'", f"'{name}' (read from '{spelled}')")
+            raise ConfigError(message) from None
         except TypeError as e:  # pragma: no cover - defensive: dataclass signature mismatch
             raise ConfigError(f"invalid config: {e}") from None
 
@@ -285,7 +311,7 @@ class MiniMaxConfig:
 
     def weight_bytes(self, dtype: str = "bf16") -> int:
         """Checkpoint size. int8: weight-only int8 for every Linear except lm_head, embeddings and the router
-        (the recipe of the official int8 quick-start), plus one bf16 scale per output channel."""
+        (the recipe of the official int8 quick-start), plus one fp32 scale per output channel (quant.py)."""
         counts = self.param_counts()
         if dtype in ("bf16", "fp16"):
             return 2 * counts["total"]
@@ -297,7 +323,7 @@ class MiniMaxConfig:
             unquantized += sum(self.inner_size for t in self.attn_type_list if t == LINEAR)  # lightning norms
             quantized = counts["total"] - unquantized
             out_channels = self._quantized_out_channels()
-            return quantized + 2 * unquantized + 2 * out_channels
+            return quantized + 2 * unquantized + 4 * out_channels
         raise ConfigError(f"unknown dtype {dtype!r} (expected bf16, fp16, fp32, int8 or fp8)")
 
     def _quantized_out_channels(self) -> int:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError
 from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.quant import checkpoint_quantization, quantize_, quantize_weight
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -40,6 +41,7 @@ _FLOAT_DTYPES = {"BF16", "F16", "F32", "F64"}
 class Target:
     tensor: torch.Tensor  # where the checkpoint tensor is copied (a parameter or a view of one)
     covers: list[str]  # original-name keys this tensor fills
+    scale: Target | None = None  # int8 weights: their per-channel scales (filled when quantizing on load)
 
 
 def checkpoint_targets(model: MiniMaxForCausalLM) -> tuple[dict[str, Target], set[str]]:
@@ -47,6 +49,9 @@ def checkpoint_targets(model: MiniMaxForCausalLM) -> tuple[dict[str, Target], se
     original names that must be filled."""
     state = model.state_dict()
     targets = {name: Target(t, [name]) for name, t in state.items()}
+    for name, t in state.items():
+        if t.dtype == torch.int8:
+            targets[name].scale = targets[name + "_scale"]
     required = set(state)
     if model.config.tie_word_embeddings:
         required.discard("lm_head.weight")
@@ -60,6 +65,11 @@ def checkpoint_targets(model: MiniMaxForCausalLM) -> tuple[dict[str, Target], se
         w2_keys = [f"{prefix}.block_sparse_moe.experts.{e}.w2.weight" for e in range(experts.num_experts)]
         targets[f"{prefix}.mlp.experts.gate_up_proj"] = Target(experts.w13.data, w13_keys)
         targets[f"{prefix}.mlp.experts.down_proj"] = Target(experts.w2.data, w2_keys)
+        if experts.w13.dtype == torch.int8:  # quant.Int8MoEExperts
+            targets[f"{prefix}.mlp.experts.gate_up_proj"].scale = Target(
+                experts.w13_scale.data, [k + "_scale" for k in w13_keys])
+            targets[f"{prefix}.mlp.experts.down_proj"].scale = Target(
+                experts.w2_scale.data, [k + "_scale" for k in w2_keys])
     return targets, required
 
 
@@ -123,13 +133,16 @@ def load_state_into(model: MiniMaxForCausalLM, directory: str | Path, progress: 
         if target is None:
             unexpected.append(f"{key} (in {path.name})")
             continue
-        for k in target.covers:
+        dtype = sl.get_dtype()
+        int8_target = target.tensor.dtype == torch.int8
+        if not (dtype in _FLOAT_DTYPES or (int8_target and dtype == "I8")):
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype}; expected a floating type "
+                                  f"({', '.join(sorted(_FLOAT_DTYPES))})" + (" or I8" if int8_target else ""))
+        quantize_on_load = int8_target and dtype != "I8"  # a float checkpoint loaded with quantize="int8"
+        covers = target.covers + (target.scale.covers if quantize_on_load else [])
+        for k in covers:
             if k in filled:
                 raise CheckpointError(f"{path}: tensor {key!r} is also stored in {filled[k].name}")
-        dtype = sl.get_dtype()
-        if dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype}; expected a floating type "
-                                  f"({', '.join(sorted(_FLOAT_DTYPES))})")
         shape = tuple(sl.get_shape())
         if shape != tuple(target.tensor.shape):
             raise CheckpointError(f"{path}: tensor {key!r} has shape {list(shape)}, the config "
@@ -139,8 +152,13 @@ def load_state_into(model: MiniMaxForCausalLM, directory: str | Path, progress: 
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} (truncated file?): {e}") from None
         with torch.no_grad():
-            target.tensor.copy_(tensor)
-        for k in target.covers:
+            if quantize_on_load:  # on the target device: one tensor's fp32 work chunk at a time
+                q, scale = quantize_weight(tensor.to(target.tensor.device))
+                target.tensor.copy_(q)
+                target.scale.tensor.copy_(scale)
+            else:
+                target.tensor.copy_(tensor)
+        for k in covers:
             filled[k] = path
     if unexpected:
         raise CheckpointError(f"{directory}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
@@ -151,11 +169,16 @@ def load_state_into(model: MiniMaxForCausalLM, directory: str | Path, progress: 
                               f"e.g. {missing[0]!r}")
 
 
-def build_empty(config: MiniMaxConfig, dtype: torch.dtype, device: str | torch.device) -> MiniMaxForCausalLM:
-    """The model with allocated but uninitialised parameters (built on meta first: no random init)."""
+def build_empty(config: MiniMaxConfig, dtype: torch.dtype, device: str | torch.device,
+                quantize: str | None = None) -> MiniMaxForCausalLM:
+    """The model with allocated but uninitialised parameters (built on meta first: no random init; with
+    `quantize`, the quantized structure is made on meta too, so float weights are never allocated)."""
     with torch.device("meta"):
         model = MiniMaxForCausalLM(config)
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    if quantize:  # after .to(dtype), which would round the fp32 scales
+        quantize_(model, quantize)
+    model = model.to_empty(device=device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
@@ -170,12 +193,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, devic
     if not dtype.is_floating_point:
         raise CheckpointError(f"dtype must be a floating type, got {dtype}")
     _shard_files(directory)  # fail on a missing shard before allocating anything
-    model = build_empty(config, dtype, device)
+    # An int8 checkpoint is built int8; a float one with quantize="int8" is quantized tensor by tensor on load.
+    model = build_empty(config, dtype, device, quantize or checkpoint_quantization(config))
     load_state_into(model, directory, progress)
-    if quantize:
-        from minimax01.quant import quantize_
-
-        quantize_(model, quantize)
     return model
 
 

@@ -51,6 +51,14 @@ def use_triton(device: torch.device) -> bool:
     return device.type == "cuda" and triton_available()
 
 
+def _lightning_ok(q: torch.Tensor, v: torch.Tensor, states: torch.Tensor) -> bool:
+    """Shapes and dtypes the Triton lightning kernels handle (fp64 is a test-only dtype: reference)."""
+    from minimax01.kernels import lightning_triton
+
+    return (q.dtype != torch.float64 and states.dtype == torch.float32
+            and lightning_triton.supported(q.shape[-1], v.shape[-1]))
+
+
 def lightning_prefill(
     q: torch.Tensor,  # [T, H, D] flattened new tokens of all sequences, model dtype
     k: torch.Tensor,  # [T, H, D]
@@ -63,6 +71,14 @@ def lightning_prefill(
 ) -> torch.Tensor:
     """Chunked lightning attention for several sequences, each continuing from its slot's state.
     Returns o [T, H, E] in q.dtype; the final states are written back to `states[slots]`."""
+    if use_triton(q.device) and _lightning_ok(q, v, states):
+        from minimax01.kernels import lightning_triton
+
+        dev = q.device
+        return lightning_triton.prefill(q, k, v, decay.to(dev, torch.float32),
+                                        torch.tensor(cu_seqlens, dtype=torch.int32, device=dev), states,
+                                        torch.tensor(slots, dtype=torch.int64, device=dev),
+                                        max_len=max(b - a for a, b in zip(cu_seqlens, cu_seqlens[1:])))
     out = torch.empty_like(v)
     for b, slot in enumerate(slots):
         lo, hi = cu_seqlens[b], cu_seqlens[b + 1]
@@ -84,6 +100,10 @@ def lightning_decode(
     slots: torch.Tensor,  # [B] int64 slot indices
 ) -> torch.Tensor:
     """One recurrent step per sequence: S = λS + kᵀv, o = qS. Returns o [B, H, E] in q.dtype."""
+    if use_triton(q.device) and _lightning_ok(q, v, states):
+        from minimax01.kernels import lightning_triton
+
+        return lightning_triton.decode(q, k, v, decay.to(q.device, torch.float32), states, slots.to(q.device))
     st = states[slots]  # gather [B, H, D, E]
     o = lightning_decode_ref(q, k, v, decay, st)
     states[slots] = st
@@ -98,4 +118,14 @@ def moe_experts(
     w2: torch.Tensor,  # [E, hidden, I]
 ) -> torch.Tensor:
     """Σ_k weights[:, k] · w2(silu(w1 x) ⊙ w3 x) over the selected experts. Returns [T, hidden]."""
+    # 16-bit only: fp32 experts would run the dots in tf32 and their tiles overflow shared memory (test dtype).
+    if use_triton(x.device) and w13.dtype == x.dtype == w2.dtype and x.dtype in (torch.bfloat16, torch.float16):
+        from minimax01.kernels import moe_triton
+
+        if moe_triton.supported(x.shape[1], w2.shape[2]):
+            return moe_triton.experts(x, weights, ids, w13, w2)
     return experts_ref(x, weights, ids, w13, w2)
+
+
+# int8 weight-only ops (quant.py); imported last because w8a16 uses use_triton() from this module.
+from minimax01.kernels.w8a16 import moe_experts_int8, w8a16_linear  # noqa: E402,F401

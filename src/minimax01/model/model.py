@@ -97,6 +97,12 @@ class MiniMaxForCausalLM(nn.Module):
     def new_store(self, max_seqs: int, **kw: Any) -> StateStore:
         # fp32 lightning state whatever the model dtype (SPEC §10); fp64 models (math tests) keep fp64.
         kw.setdefault("state_dtype", torch.float64 if self.dtype == torch.float64 else torch.float32)
+        # Heads as the layers hold them: after parallel.shard_ only this rank's, fewer than the config's.
+        for layer in self.model.layers:
+            if layer.is_linear:
+                kw.setdefault("num_heads", layer.self_attn.num_heads)
+            else:
+                kw.setdefault("num_kv_heads", layer.self_attn.num_kv_heads)
         return StateStore(self.config, max_seqs, device=self.device, dtype=self.dtype, **kw)
 
     # ------------------------------------------------------------------ 2-D convenience call

@@ -58,6 +58,10 @@ class MoEExperts(nn.Module):
         known = {prefix + name for name in self.original_views()}
         unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in known)
 
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        # x [T, hidden], weights/ids [T, k] -> [T, hidden]; quant.Int8MoEExperts overrides this
+        return kernels.moe_experts(x, weights, ids, self.w13, self.w2)
+
 
 class SparseMoE(nn.Module):
     """`block_sparse_moe` of the original: router `gate` + `experts`."""
@@ -71,4 +75,4 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, hidden]
         weights, ids = route(self.gate(x), self.top_k, x.dtype)
-        return kernels.moe_experts(x, weights, ids, self.experts.w13, self.experts.w2)
+        return self.experts(x, weights, ids)

@@ -1,0 +1,128 @@
+"""Timing and roofline helpers shared by the benchmark scripts (run on the GPU through the device tool).
+
+Method (/work/.library/device/METHOD.md): median of many timed runs after a warm-up, device events (Triton's
+do_bench), CUDA-graph replay for launch-bound steps, random data (never zeros), and the two ceilings — a
+bf16 8192³ matmul and a large device-to-device copy — measured in the same process as the rows they judge.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bench(fn: Callable[[], Any], warmup_ms: int = 25, rep_ms: int = 200) -> float:
+    """Median milliseconds of fn() (device events, L2 flushed between runs by do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def bench_graph(fn: Callable[[], Any], replays: int = 200) -> float:
+    """Median milliseconds of one fn() captured in a CUDA graph (no launch gaps: the decode-step setting).
+    Each replay is timed on its own with events after an L2 flush; fn must be capturable (no host syncs)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up outside the graph: compiles kernels, allocates the pool
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(10):
+        graph.replay()
+    times = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # 5x the L2
+    for _ in range(replays):
+        flush.zero_()  # as in a real step, the other layers' data has evicted this one's from L2
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def roofline() -> dict[str, float]:
+    """The two ceilings of this GPU, measured now: bf16 8192³ matmul TFLOP/s and device copy GB/s
+    (bytes read + bytes written)."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = bench(lambda: a @ b)
+    tflops = 2 * n**3 / ms / 1e9
+    del a, b
+    src = torch.randn(2**28, device="cuda")  # 1 GiB fp32, 20x the L2
+    dst = torch.empty_like(src)
+    ms_copy = bench(lambda: dst.copy_(src))
+    gbps = 2 * src.numel() * 4 / ms_copy / 1e6
+    return {"matmul_bf16_tflops": round(tflops, 1), "copy_gbps": round(gbps, 1)}
+
+
+def environment() -> dict[str, str]:
+    import triton
+
+    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, sms=str(props.multi_processor_count))
+    for pkg in ("transformers", "fla"):
+        try:
+            env[pkg] = __import__(pkg).__version__
+        except Exception:  # optional comparison packages
+            env[pkg] = "absent"
+    return env
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖a − ref‖ / ‖ref‖, accumulated in fp64 over slices (a 512 K-token output is 34 GB in fp64)."""
+    num = den = 0.0
+    step = max(1, (1 << 26) // max(1, a[0].numel()))
+    for i in range(0, a.shape[0], step):
+        x, y = a[i:i + step].double(), ref[i:i + step].double()
+        num += float((x - y).square().sum())
+        den += float(y.square().sum())
+    return (num / max(den, 1e-60)) ** 0.5
+
+
+def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[Path]:
+    """bench/results/<name>-<date>.json and .md (one Markdown table per section); copies go to $OUT when set
+    (the device tool's return folder)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    payload = {"meta": meta, "sections": sections}
+    md = [f"# {name} benchmark ({stamp})", ""]
+    md += [f"- {k}: {v}" for k, v in meta.items()]
+    for title, rows in sections.items():
+        if not rows:
+            continue
+        cols = list(dict.fromkeys(k for row in rows for k in row))
+        md += ["", f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |" for row in rows]
+    text = {"json": json.dumps(payload, indent=1), "md": "\n".join(md) + "\n"}
+    dirs = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    paths = []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for ext, body in text.items():
+            path = d / f"{name}-{stamp}.{ext}"
+            path.write_text(body)
+            paths.append(path)
+    return paths
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)

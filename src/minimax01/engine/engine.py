@@ -1,0 +1,337 @@
+"""LLMEngine: the synchronous continuous-batching core. The HTTP server and `generation.generate()` both drive
+this one loop: `add_request` / `abort` queue work, each `step()` runs ONE model call over a flattened batch
+(decode tokens and prefill chunks mixed, see scheduler.py), samples, detokenizes and checks stops.
+
+Thread-safety: the public methods take one lock, so a server may call `add_request` / `abort` from its
+request handlers while a single loop thread calls `step()`; a step is never interleaved with another call.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from minimax01.cache import BatchInfo
+from minimax01.chat import DEFAULT_EOS_TOKEN_ID
+from minimax01.config import MiniMaxConfig
+from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
+from minimax01.errors import RequestError
+from minimax01.sampling import Sampler, SamplingParams, StopChecker, make_generator
+
+if TYPE_CHECKING:
+    from minimax01.model.model import MiniMaxForCausalLM
+    from minimax01.tokenizer import MiniMaxTokenizer
+
+# max_model_len when neither it nor a KV budget is given: Text-01 accepts 10M positions, but reserving KV
+# blocks for that per sequence would be absurd; long-context users pass max_model_len explicitly.
+DEFAULT_MAX_MODEL_LEN = 32768
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request (streaming delta; concatenate to get the whole result)."""
+
+    request_id: str
+    new_token_ids: list[int]  # tokens sampled in this step (a stop token is included, its text is not)
+    new_text: str  # detokenized delta ("" without tokenizer); held back while it may start a stop string
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" once finished
+    prompt_tokens: int
+    completion_tokens: int  # generated so far, this step included
+    logprobs: list[float] | None = None  # per new token (only when params.logprobs is not None)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
+    stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    free_slots: int
+    used_kv_blocks: int
+    free_kv_blocks: int
+    total_kv_blocks: int
+    prompt_tokens_total: int  # prompt tokens of requests whose prefill completed
+    generation_tokens_total: int
+    finished_requests_total: int  # aborted ones included
+    preemptions_total: int
+    last_step_num_seqs: int
+    last_step_num_tokens: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def default_stop_ids(config: MiniMaxConfig, tokenizer: MiniMaxTokenizer | None = None) -> list[int]:
+    """The tokenizer's EOS, else config.eos_token_id, else 200020 (`<end_of_sentence>`) if the vocab has it."""
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return [tokenizer.eos_token_id]
+    if config.eos_token_id is not None:
+        eos = config.eos_token_id
+        return list(eos) if isinstance(eos, list) else [eos]
+    return [DEFAULT_EOS_TOKEN_ID] if config.vocab_size > DEFAULT_EOS_TOKEN_ID else []
+
+
+def _positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class LLMEngine:
+    """Continuous batching over one StateStore of `max_num_seqs` slots.
+
+    Args:
+        model: the model; its device and dtype are used for the state store.
+        tokenizer: needed for text output and stop strings; without it `new_text` is always "".
+        max_num_seqs: sequences decoded together (StateStore slots: one fp32 lightning state each).
+        max_model_len: prompt + generated tokens per request; default min(max_position_embeddings,
+            tokens of the KV pool if one is given, else 32768).
+        max_num_batched_tokens: tokens per step (decodes + prefill chunks); longer prompts are chunked.
+        kv_block_size: tokens per KV-cache page.
+        num_kv_blocks: KV pages in the pool; default from `kv_cache_bytes`, else enough for every slot to
+            hold `max_model_len` tokens.
+        kv_cache_bytes: memory budget of the softmax-layer KV cache (used when num_kv_blocks is None).
+        default_stop_token_ids: ids that end every request unless `ignore_eos`; default: see
+            `default_stop_ids()`. A request's own `stop_token_ids` always apply.
+    """
+
+    def __init__(
+        self,
+        model: MiniMaxForCausalLM,
+        tokenizer: MiniMaxTokenizer | None = None,
+        max_num_seqs: int = 8,
+        max_model_len: int | None = None,
+        max_num_batched_tokens: int = 512,
+        kv_block_size: int = 64,
+        num_kv_blocks: int | None = None,
+        kv_cache_bytes: int | None = None,
+        default_stop_token_ids: list[int] | None = None,
+    ) -> None:
+        config = model.config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.max_num_seqs = _positive("max_num_seqs", max_num_seqs)
+        self.max_num_batched_tokens = _positive("max_num_batched_tokens", max_num_batched_tokens)
+        self.kv_block_size = _positive("kv_block_size", kv_block_size)
+        # KV heads as the softmax layers hold them (after tensor-parallel sharding: this rank's share).
+        kv_heads = next((layer.self_attn.num_kv_heads for layer in model.model.layers if not layer.is_linear), 0)
+        # Keys + values of every softmax layer; 0 without softmax layers (then there is no KV pool to size).
+        block_bytes = (2 * len(config.full_layers) * kv_block_size * kv_heads * config.head_dim
+                       * model.dtype.itemsize)
+        if num_kv_blocks is None and kv_cache_bytes is not None:
+            num_kv_blocks = _positive("kv_cache_bytes", kv_cache_bytes) // block_bytes if block_bytes else 1
+            if num_kv_blocks == 0:
+                raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({block_bytes} B)")
+        if num_kv_blocks is not None:
+            _positive("num_kv_blocks", num_kv_blocks)
+        if max_model_len is None:
+            cap = num_kv_blocks * kv_block_size if num_kv_blocks is not None and block_bytes else DEFAULT_MAX_MODEL_LEN
+            max_model_len = min(config.max_position_embeddings, cap)
+        elif _positive("max_model_len", max_model_len) > config.max_position_embeddings:
+            raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+        self.max_model_len = max_model_len
+        if num_kv_blocks is None:
+            num_kv_blocks = max_num_seqs * -(-max_model_len // kv_block_size) if block_bytes else 1
+        self.store = model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
+        self.scheduler = Scheduler(self.store, max_num_batched_tokens)
+        self.sampler = Sampler()
+        self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None
+                                       else default_stop_ids(config, tokenizer))
+        self._requests: dict[str, Request] = {}  # unfinished requests by id
+        self._pending: list[RequestOutput] = []  # outputs produced outside step() (abort, errors)
+        self._lock = threading.RLock()
+        self._totals = {"prompt": 0, "generated": 0, "finished": 0}
+        self._last_step = (0, 0)  # (sequences, tokens) of the last model call
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Queues a request; returns its id. Raises RequestError naming the field at fault."""
+        params = params if params is not None else SamplingParams()
+        params.validate()
+        prompt = self._check_prompt(prompt_ids)
+        total = len(prompt) + params.max_new_tokens
+        if len(prompt) >= self.max_model_len:
+            raise RequestError(f"prompt has {len(prompt)} tokens; max_model_len is {self.max_model_len}, which "
+                               f"leaves no room for a generated token")
+        if total > self.max_model_len:
+            raise RequestError(f"max_new_tokens={params.max_new_tokens} with a {len(prompt)}-token prompt exceeds "
+                               f"max_model_len={self.max_model_len}; use at most "
+                               f"{self.max_model_len - len(prompt)}")
+        if self.scheduler.blocks_for(total) > self.store.num_kv_blocks:
+            raise RequestError(f"prompt + max_new_tokens = {total} tokens needs more KV cache than the engine has "
+                               f"({self.store.num_kv_blocks} blocks of {self.kv_block_size}); lower max_new_tokens")
+        if params.stop and self.tokenizer is None:
+            raise RequestError("stop strings need a tokenizer; the engine has none (use stop_token_ids)")
+        with self._lock:
+            if request_id is None:
+                request_id = uuid.uuid4().hex
+            elif not isinstance(request_id, str) or not request_id:
+                raise RequestError(f"request_id must be a non-empty string, got {request_id!r}")
+            if request_id in self._requests:
+                raise RequestError(f"request_id {request_id!r} is already in use")
+            stop_ids = set(params.stop_token_ids)
+            if not params.ignore_eos:
+                stop_ids.update(self.default_stop_token_ids)
+            req = Request(
+                request_id=request_id,
+                all_ids=prompt,
+                prompt_len=len(prompt),
+                params=params,
+                generator=make_generator(params.seed, self.model.device),
+                stop_ids=frozenset(stop_ids),
+                decoder=self.tokenizer.incremental_decoder() if self.tokenizer is not None else None,
+                stop_checker=StopChecker(list(params.stop)),
+            )
+            self._requests[request_id] = req
+            self.scheduler.add(req)
+            return request_id
+
+    def _check_prompt(self, prompt_ids: Any) -> list[int]:
+        if isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = prompt_ids.tolist()
+        if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids:
+            raise RequestError("prompt must be a non-empty list of token ids")
+        vocab = self.config.vocab_size
+        for i, t in enumerate(prompt_ids):
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+                raise RequestError(f"prompt token {i} is {t!r}; token ids must be integers in [0, {vocab})")
+        return list(prompt_ids)
+
+    def abort(self, request_id: str) -> bool:
+        """Cancels a request: its slot and KV blocks are free at once; the next `step()` returns its final
+        output (finish_reason "abort"). False if the id is unknown or already finished."""
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None:
+                return False
+            req.finish_reason = "abort"
+            self._pending.append(self._output(req, [], "", None, None))
+            self._finish(req)
+            return True
+
+    def has_unfinished(self) -> bool:
+        """True while a request is queued or running, or an output is still to be returned by step()."""
+        with self._lock:
+            return bool(self._requests or self._pending)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            free = self.store.num_free_blocks
+            return EngineStats(
+                running=len(self.scheduler.running),
+                waiting=len(self.scheduler.waiting),
+                free_slots=self.store.num_free_slots,
+                used_kv_blocks=self.store.num_kv_blocks - free,
+                free_kv_blocks=free,
+                total_kv_blocks=self.store.num_kv_blocks,
+                prompt_tokens_total=self._totals["prompt"],
+                generation_tokens_total=self._totals["generated"],
+                finished_requests_total=self._totals["finished"],
+                preemptions_total=self.scheduler.num_preemptions,
+                last_step_num_seqs=self._last_step[0],
+                last_step_num_tokens=self._last_step[1],
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[RequestOutput]:
+        """One scheduling + model iteration. Returns the outputs of every request that produced a token or
+        finished (requests in the middle of a chunked prefill produce nothing)."""
+        with self._lock:
+            outputs, self._pending = self._pending, []
+            sched = self.scheduler.schedule()
+            self._last_step = (len(sched.chunks), sched.num_tokens)
+            if not sched.chunks:
+                return outputs
+            try:
+                logits = self._run_model(sched.chunks)  # float32 [sampling chunks, vocab]
+            except Exception:
+                self._pending = outputs + self._pending  # nothing produced so far is lost
+                raise
+            sampling = [c for c in sched.chunks if c.samples]
+            for c in sched.chunks:
+                c.request.num_computed += c.num_new
+                if c.samples and not c.request.prompt_counted:
+                    c.request.prompt_counted = True
+                    self._totals["prompt"] += c.request.prompt_len
+            if sampling:
+                reqs = [c.request for c in sampling]
+                out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
+                                          [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
+                tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
+                for i, req in enumerate(reqs):
+                    outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
+            return outputs
+
+    def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        device = self.model.device
+        tokens: list[int] = []
+        for c in chunks:
+            tokens.extend(c.request.all_ids[c.start:c.start + c.num_new])
+        batch = BatchInfo([c.request.slot for c in chunks], [c.start for c in chunks],
+                          [c.num_new for c in chunks], device=device)
+        rows = [i for i, c in enumerate(chunks) if c.samples]
+        try:
+            return self.model.forward_step(torch.tensor(tokens, dtype=torch.long, device=device), batch,
+                                           self.store, logits_index=batch.last_token_index[rows])
+        except Exception:
+            # The step may have half-updated these slots' states in place: they cannot continue. Fail them
+            # (their final outputs come with the next step) and let the caller see the error.
+            for c in chunks:
+                c.request.finish_reason = "error"
+                self._pending.append(self._output(c.request, [], "", None, None))
+                self._finish(c.request)
+            raise
+
+    def _append_token(self, req: Request, token: int, logprob: float,
+                      top: list[tuple[int, float]] | None) -> RequestOutput:
+        req.all_ids.append(token)
+        self._totals["generated"] += 1
+        text = ""
+        if token in req.stop_ids:
+            req.finish_reason, req.stop_reason = "stop", token  # the stop token's own text is not shown
+        elif req.decoder is not None:
+            text, hit = req.stop_checker.update(req.decoder.step(token))
+            if hit:
+                req.finish_reason, req.stop_reason = "stop", req.stop_checker.matched
+        if req.finish_reason is None and req.num_generated >= req.params.max_new_tokens:
+            req.finish_reason = "length"
+        if req.finish_reason is not None and req.decoder is not None and not req.stop_checker.stopped:
+            # End of stream: release what the decoder and the stop checker held back. A stop string can
+            # still complete inside that tail.
+            tail, hit = req.stop_checker.update(req.decoder.flush())
+            text += tail + req.stop_checker.flush()
+            if hit:
+                req.finish_reason, req.stop_reason = "stop", req.stop_checker.matched
+        want_lp = req.params.logprobs is not None
+        output = self._output(req, [token], text, [logprob] if want_lp else None, [top or []] if want_lp else None)
+        if req.finish_reason is not None:
+            self._finish(req)
+        return output
+
+    def _output(self, req: Request, tokens: list[int], text: str, logprobs: list[float] | None,
+                top: list[list[tuple[int, float]]] | None) -> RequestOutput:
+        return RequestOutput(
+            request_id=req.request_id,
+            new_token_ids=tokens,
+            new_text=text,
+            finished=req.finish_reason is not None,
+            finish_reason=req.finish_reason,
+            prompt_tokens=req.prompt_len,
+            completion_tokens=req.num_generated,
+            logprobs=logprobs,
+            top_logprobs=top,
+            stop_reason=req.stop_reason,
+        )
+
+    def _finish(self, req: Request) -> None:
+        self.scheduler.remove(req)
+        del self._requests[req.request_id]
+        self._totals["finished"] += 1

@@ -1,0 +1,173 @@
+"""Continuous-batching scheduler: which requests run in the next step, and with how many tokens.
+
+Every request is one growing token list `all_ids` (prompt, then generated tokens) of which the first
+`num_computed` are in its StateStore slot. A step computes `all_ids[num_computed:]`, cut to the token budget:
+that is a prefill chunk, a whole prompt, or the single last sampled token of a decoding request. The same rule
+re-prefills a preempted request (prompt + everything it generated), so preemption needs no special path.
+
+Policy per step, under `max_num_batched_tokens`:
+1. decodes of running requests (one token each), oldest first, so that streams keep flowing while long
+   prompts are being prefilled;
+2. prefill chunks of running requests whose prompt is not fully in the cache yet;
+3. admission of waiting requests (first come, first served) while a slot, token budget and KV blocks are free.
+KV blocks are reserved for the step before the model runs; when a running request cannot get its blocks the
+most recently admitted unscheduled request is preempted (slot and blocks freed, put back at the head of the
+queue, recomputed later), which always lets the oldest requests finish: the engine waits, it never runs out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from minimax01.cache import StateStore
+from minimax01.sampling import SamplingParams, StopChecker
+
+if TYPE_CHECKING:
+    from minimax01.tokenizer import IncrementalDecoder
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request and its progress. Owned by the engine; read-only for everyone else."""
+
+    request_id: str
+    all_ids: list[int]  # prompt, then generated tokens
+    prompt_len: int
+    params: SamplingParams
+    generator: torch.Generator | None  # per-request RNG (None: the engine's shared one)
+    stop_ids: frozenset[int]  # token ids that end the request
+    decoder: IncrementalDecoder | None  # streaming detokenizer (None without a tokenizer)
+    stop_checker: StopChecker
+    slot: int | None = None  # StateStore slot while running
+    num_computed: int = 0  # leading tokens of all_ids held in the slot's state / KV cache
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # matched stop string or stop token id
+    num_preemptions: int = 0
+    prompt_counted: bool = field(default=False, repr=False)  # prompt tokens added to the engine totals
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.all_ids[self.prompt_len:]
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.all_ids) - self.prompt_len
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens of all_ids not yet in the cache."""
+        return len(self.all_ids) - self.num_computed
+
+
+@dataclass
+class ScheduledChunk:
+    request: Request
+    start: int  # == request.num_computed when scheduled
+    num_new: int
+
+    @property
+    def samples(self) -> bool:
+        """This chunk reaches the end of all_ids, so its last logits give the next token."""
+        return self.start + self.num_new == len(self.request.all_ids)
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk]
+    preempted: list[Request]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_new for c in self.chunks)
+
+
+class Scheduler:
+    """Queues, slots and the per-step token / KV-block budget. Not thread-safe (the engine locks)."""
+
+    def __init__(self, store: StateStore, max_num_batched_tokens: int) -> None:
+        self.store = store
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order: the last one is preempted first
+        self.num_preemptions = 0
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks that a sequence of `num_tokens` tokens occupies."""
+        if not self.store.full_index:  # no softmax layer: no KV cache at all
+            return 0
+        return -(-num_tokens // self.store.kv_block_size)
+
+    # ------------------------------------------------------------------ queue changes
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def remove(self, request: Request) -> None:
+        """Drops a finished or aborted request; its slot and KV blocks are free at once."""
+        if request.slot is not None:
+            self.store.free(request.slot)
+            request.slot = None
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+
+    def _preempt(self, request: Request) -> None:
+        self.store.free(request.slot)
+        request.slot = None
+        request.num_computed = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.running.remove(request)
+        self.waiting.appendleft(request)
+
+    # ------------------------------------------------------------------ one step
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        reserved = 0  # KV blocks promised to chunks of this step (StateStore.prepare takes them later)
+        chunks: list[ScheduledChunk] = []
+        preempted: list[Request] = []
+        scheduled: set[int] = set()  # id() of requests with a chunk in this step
+
+        decoding = [r for r in self.running if r.num_pending == 1]
+        prefilling = [r for r in self.running if r.num_pending > 1]
+        for req in decoding + prefilling:
+            if budget == 0:
+                break
+            if req.slot is None:  # preempted earlier in this loop
+                continue
+            n = min(req.num_pending, budget)
+            need = self.store.blocks_needed(req.slot, n)
+            while need > self.store.num_free_blocks - reserved:
+                victim = next((r for r in reversed(self.running) if id(r) not in scheduled and r is not req), req)
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    break
+            if req.slot is None:
+                continue
+            chunks.append(ScheduledChunk(req, req.num_computed, n))
+            scheduled.add(id(req))
+            reserved += need
+            budget -= n
+
+        # No admission in a step that had to preempt: memory is short, and a just-preempted request would
+        # otherwise be re-admitted at once only to be preempted again.
+        while not preempted and self.waiting and budget > 0 and self.store.num_free_slots > 0:
+            req = self.waiting[0]
+            n = min(req.num_pending, budget)
+            need = self.blocks_for(n)
+            # Keep one block per running request in hand so that their next decode step does not have to
+            # preempt the request admitted now (thrashing).
+            if need + len(self.running) > self.store.num_free_blocks - reserved:
+                break
+            self.waiting.popleft()
+            req.slot = self.store.allocate()
+            req.num_computed = 0
+            self.running.append(req)
+            chunks.append(ScheduledChunk(req, 0, n))
+            reserved += need
+            budget -= n
+        return SchedulerOutput(chunks, preempted)

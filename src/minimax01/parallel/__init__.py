@@ -1,0 +1,15 @@
+"""Tensor and expert parallelism over torch.distributed (NCCL on GPUs, gloo on CPU).
+
+- group.py: Layout (who owns which heads / experts), process groups from torchrun's environment.
+- shard.py: `shard_(model, groups)`, the in-place sharding transform of a built model.
+- loading.py: sharded loading (each rank reads only its slices) and `init_parallel_model`, what rank code calls.
+- launch.py / worker.py: starting workers (torchrun or `spawn`), the torchrun entry point.
+- plan.py: memory / communication model of the real model (`minimax01 plan`).
+"""
+
+from minimax01.parallel.group import Layout, ParallelGroups, init_distributed, new_groups
+from minimax01.parallel.loading import init_parallel_model, load_sharded
+from minimax01.parallel.shard import ownership, shard_
+
+__all__ = ["Layout", "ParallelGroups", "init_distributed", "new_groups", "init_parallel_model", "load_sharded",
+           "ownership", "shard_"]
