@@ -315,6 +315,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
         "max_num_batched_tokens": args.max_num_batched_tokens, "dtype": dtype_arg(args.dtype, device),
         "device": device, "served_model_name": args.served_model_name, "quantize": args.quantize, "tp": args.tp,
+        "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
+        "max_body_bytes": args.max_body_bytes,
     }
     # Flags left at None fall back to serve()'s own defaults.
     serve(**{k: v for k, v in options.items() if v is not None})
@@ -330,6 +332,14 @@ def parse_tokens(value: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)", value.strip().upper())
     if m is None or float(m.group(1)) * _SUFFIXES[m.group(2)] < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a token count (e.g. 4M, 128K, 1000000)")
+    return int(float(m.group(1)) * _SUFFIXES[m.group(2)])
+
+
+def parse_bytes(value: str) -> int:
+    """'8G' -> 8 GiB, '512M', '1000' (binary suffixes)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)I?B?", value.strip().upper())
+    if m is None or float(m.group(1)) * _SUFFIXES[m.group(2)] < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count (e.g. 8G, 512M, 1000000)")
     return int(float(m.group(1)) * _SUFFIXES[m.group(2)])
 
 
@@ -431,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, metavar="N", help="most sequences decoded together")
     p.add_argument("--max-model-len", type=int, metavar="N", help="longest prompt + completion, in tokens")
     p.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one engine step")
+    p.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES",
+                   help="memory budget of the softmax-layer KV cache, e.g. 8G or 512M (default: enough for "
+                        "--max-num-seqs sequences of --max-model-len tokens)")
+    p.add_argument("--kv-block-size", type=int, metavar="N", help="tokens per KV-cache page (default 64)")
+    p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
+                   help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
     p.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree (GPUs)")
     p.set_defaults(func=cmd_serve)
 
