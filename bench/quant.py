@@ -7,7 +7,8 @@
   the same 2 layers allocated for real, with the peak while quantizing).
 - gemm (GPU): Triton w8a16 vs bf16 torch.matmul at decode shapes of the real model (M = 1..64) and a few
   larger M, each as a CUDA-graph replay after an L2 flush (the decode-step setting); correctness vs fp32.
-- moe (GPU): one real-dims MoE layer's experts (32 × 6144 -> 9216, top-2) int8 vs bf16 dispatch.
+- moe (GPU): one real-dims MoE layer's experts (32 × 6144 -> 9216, top-2): int8 dispatch (grouped Triton for
+  decode) and the per-expert loop vs the bf16 dispatch.
 - model (GPU): the int8 tiny model in bf16, Triton vs torch backend.
 
 Writes bench/results/quant-<date>.{json,md} (and copies under $OUT). `--smoke` runs tiny shapes on the CPU
@@ -39,6 +40,7 @@ from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
 from minimax01.kernels.w8a16 import (  # noqa: E402
     dequantize,
     moe_experts_int8,
+    moe_experts_int8_torch,
     w8a16_linear_ref,
     w8a16_linear_triton,
 )
@@ -177,7 +179,9 @@ def moe_section(roof: dict, rows: dict) -> None:
         ref = experts_ref(x.float(), weights.float(), ids, w13.float(), w2.float())
         row = {"tokens": T, "experts_hit": int(torch.unique(ids).numel()), "rel_err_int8": rel_err(out, ref),
                "bf16_dispatch_us": 1e3 * timed(lambda: kernels.moe_experts(x, weights, ids, w13, w2), graph=False),
-               "int8_us": 1e3 * timed(lambda: moe_experts_int8(x, weights, ids, q13, q2, s13, s2), graph=False)}
+               "int8_us": 1e3 * timed(lambda: moe_experts_int8(x, weights, ids, q13, q2, s13, s2), graph=False),
+               "int8_per_expert_loop_us": 1e3 * timed(
+                   lambda: moe_experts_int8_torch(x, weights, ids, q13, q2, s13, s2), graph=False)}
         row["speedup_int8_vs_bf16"] = row["bf16_dispatch_us"] / row["int8_us"]
         row["int8_weight_GBps"] = (row["experts_hit"] * 3 * H * inter) / row["int8_us"] / 1e3
         table.append(row)

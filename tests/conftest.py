@@ -3,15 +3,23 @@ logits visibly), checkpoint writers and the original -> transformers-v5 weight r
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+# The tensors of the tests are tiny: on the 2-core CI machine one intra-op thread is 5-25x faster than two
+# (OpenMP's spinning workers dominate tiny ops, worse when server/worker subprocesses share the cores).
+# Set before any subprocess starts, so servers and torchrun ranks inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 from minimax01.config import MiniMaxConfig
 from minimax01.model.model import MiniMaxForCausalLM, init_random_weights_
+from minimax01.tokenizer import MiniMaxTokenizer, load_tokenizer, train_tiny_tokenizer
 
 # Longer than one lightning block (256) so that every test crosses a block boundary (SPEC §11).
 PROMPT_LEN = 300
@@ -61,17 +69,6 @@ def to_v5_names(state: dict[str, torch.Tensor], num_experts: int) -> dict[str, t
     return out
 
 
-@pytest.fixture(scope="module")
-def single_thread() -> Iterator[None]:
-    """Use in a module with `pytestmark = pytest.mark.usefixtures("single_thread")`. The tensors of these tests
-    are tiny: on the 2-core test machine, shared with other jobs, one intra-op thread is 5-20x faster than two
-    (no spinning thread pool); the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def tiny_config() -> MiniMaxConfig:
     """16 layers (7 lightning + 1 softmax, twice), 4 heads of 16 dims, partial RoPE on 8 dims, 4 experts."""
@@ -104,10 +101,14 @@ def write_checkpoint(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="module")
-def torch_single_thread() -> Iterator[None]:
-    """One intra-op thread for modules of many tiny ops: on a loaded 2-core machine OpenMP's spinning workers
-    made them ~25x slower (engine tests: 5 min instead of 12 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def model(tiny_config: MiniMaxConfig) -> MiniMaxForCausalLM:
+    """The tiny random model in fp32 (engine / generation tests: exact token equality, see test_engine.py)."""
+    return make_model(tiny_config, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> MiniMaxTokenizer:
+    """A byte-level BPE trained in-test with MiniMax's special tokens."""
+    directory: Path = tmp_path_factory.mktemp("tok")
+    train_tiny_tokenizer(directory)
+    return load_tokenizer(directory)

@@ -9,35 +9,14 @@ by rounding (~1e-6), far below the gap between the best two logits of a random m
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_model
-from minimax01.config import MiniMaxConfig
 from minimax01.engine import LLMEngine, RequestOutput
 from minimax01.errors import RequestError
 from minimax01.model.model import MiniMaxForCausalLM
 from minimax01.sampling import SamplingParams
-
-
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_config: MiniMaxConfig) -> MiniMaxForCausalLM:
-    return make_model(tiny_config, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - MiniMaxTokenizer
-    tok_mod = pytest.importorskip("minimax01.tokenizer")
-    if not hasattr(tok_mod, "train_tiny_tokenizer"):
-        pytest.skip("minimax01.tokenizer.train_tiny_tokenizer is not available")
-    directory: Path = tmp_path_factory.mktemp("tok")
-    tok_mod.train_tiny_tokenizer(directory)
-    return tok_mod.load_tokenizer(directory)
 
 
 def prompt(n: int, seed: int) -> list[int]:

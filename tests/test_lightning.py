@@ -18,8 +18,6 @@ from minimax01.kernels.lightning_ref import (
 from minimax01.model.lightning import LightningAttention
 from minimax01.model.model import MiniMaxForCausalLM
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 D = 16  # head dim of these tests
 
 

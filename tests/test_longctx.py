@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minimax01 import MiniMaxConfig, MiniMaxForCausalLM
+from minimax01.model.attention import attend_one
 from minimax01.model.model import init_random_weights_
 
 
@@ -46,3 +47,19 @@ def test_lightning_state_memory_is_independent_of_length(model: MiniMaxForCausal
     assert short.cache.store.memory_bytes()["lightning_state"] == long.cache.store.memory_bytes()["lightning_state"]
     # ...while the softmax KV cache grows with the number of tokens (paged).
     assert long.cache.store.memory_bytes()["kv_cache"] > short.cache.store.memory_bytes()["kv_cache"]
+
+
+@pytest.mark.parametrize("n,L", [(1, 37), (5, 5), (7, 300), (64, 200)])
+def test_fused_attention_equals_masked_path(n: int, L: int) -> None:
+    """The CUDA path of attend_one (lower-right causal bias, per-kv-head expanded K/V, decode heads folded
+    into the query length), forced on CPU, against the boolean-mask path. fp64: both compute the same sums,
+    so anything above 1e-12 is a wrong alignment or head mapping, not rounding."""
+    g = torch.Generator().manual_seed(n * 1000 + L)
+    H, KVH, D = 8, 2, 16
+    q = torch.randn(n, H, D, generator=g, dtype=torch.float64)
+    k = torch.randn(L, KVH, D, generator=g, dtype=torch.float64)
+    v = torch.randn(L, KVH, D, generator=g, dtype=torch.float64)
+    ref = attend_one(q, k, v, D ** -0.5, max_mask_elems=L * 3, fused=False)  # 3 rows per mask slice
+    got = attend_one(q, k, v, D ** -0.5, fused=True)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-12

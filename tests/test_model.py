@@ -15,8 +15,6 @@ from minimax01.errors import RequestError
 from minimax01.model.model import MiniMaxForCausalLM
 from conftest import PROMPT_LEN, capture_lm_head, make_model, random_ids
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 # The model computes in fp64 and returns float32 logits; two fp64 paths that agree to ~1e-13 can still differ by
 # one float32 rounding of the logits (|logit| <~ 10, so 1 ulp <~ 1e-6). Real bugs move logits by O(1).
 FP32_LOGITS = dict(rtol=2e-6, atol=2e-6)

@@ -24,8 +24,6 @@ from conftest import PROMPT_LEN, make_model, random_ids, to_v5_names
 
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 # Both models compute in fp32 with the same weights; they differ in summation order only (block sizes,
 # eager vs SDPA attention, expert accumulation). Measured: 3e-6 logit-std max, the same as our own fp32-vs-fp64
 # difference (4e-6), and SPEC §11 expects ~1e-5 for a correct fp32 implementation. 5e-5 leaves 10x margin and is

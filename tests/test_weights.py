@@ -17,8 +17,6 @@ from minimax01.model.model import MiniMaxForCausalLM
 from minimax01.weights import INDEX_FILE, SINGLE_FILE
 from conftest import make_model, random_ids, to_v5_names
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 WriteCheckpoint = Callable[..., Path]
 # The tiny fp64 checkpoint is ~11 MiB (the 8-layer one ~6 MiB): 2 MiB shards give several files.
 SMALL_SHARDS = 2 * 2**20
