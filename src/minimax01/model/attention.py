@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from minimax01.cache import BatchInfo, StateStore
 from minimax01.config import MiniMaxConfig
@@ -33,9 +34,14 @@ def apply_partial_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-               max_mask_elems: int = 1 << 26) -> torch.Tensor:
+               max_mask_elems: int = 1 << 26, fused: bool | None = None) -> torch.Tensor:
     """Causal GQA attention of one sequence's n newest queries over its L cached keys (the queries are the
-    last n positions). q [n, H, D], k/v [L, KVH, D] -> [n, H, D]."""
+    last n positions). q [n, H, D], k/v [L, KVH, D] -> [n, H, D].
+
+    `fused` (default: on CUDA) builds no mask and repeats no K/V, so SDPA's flash / memory-efficient kernels
+    run in O(n) memory at any L (see `_attend_fused`); otherwise boolean masks over query slices are used."""
+    if q.is_cuda if fused is None else fused:
+        return _attend_fused(q, k, v, scale)
     n, L = q.shape[0], k.shape[0]
     kb, vb = k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # [1, KVH, L, D]
     qb = q.transpose(0, 1)[None]  # [1, H, n, D]
@@ -54,6 +60,33 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
         mask = key_pos <= (L - n + torch.arange(lo, hi, device=q.device))[:, None]  # [hi-lo, L]
         o = F.scaled_dot_product_attention(qb[:, :, lo:hi], kb, vb, attn_mask=mask, scale=scale, enable_gqa=True)
         out[lo:hi] = o[0].transpose(0, 1)
+    return out
+
+
+def _attend_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """attend_one without masks or repeated K/V. q [n, H, D], k/v [L, KVH, D] -> [n, H, D]; query head h uses
+    kv head h // g (g = H / KVH)."""
+    n, H, D = q.shape
+    L, KVH = k.shape[:2]
+    g = H // KVH
+    kb, vb = k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # [1, KVH, L, D] views of the cache
+    if n == 1:
+        # Decode sees every key, so the g query heads of a kv head can ride in the query-length dimension:
+        # q [1, KVH, g, D] against k [1, KVH, L, D] has equal head counts (any SDPA kernel, any dtype).
+        o = F.scaled_dot_product_attention(q.reshape(1, KVH, g, D), kb, vb, scale=scale)  # [1, KVH, g, D]
+        return o.reshape(1, H, D)
+    # A chunk: query i sits at position L-n+i, i.e. the causal diagonal is aligned to the lower right, which
+    # SDPA's flash / memory-efficient kernels take natively (no [n, L] mask). Folding heads into the query
+    # length would break that alignment, so each kv head's g query heads go together against an expanded
+    # (stride-0, not copied) view of that head's keys.
+    bias = causal_lower_right(n, L)
+    qb = q.transpose(0, 1)[None]  # [1, H, n, D]
+    out = torch.empty_like(q)
+    for h in range(KVH):
+        heads = slice(h * g, (h + 1) * g)
+        o = F.scaled_dot_product_attention(qb[:, heads], kb[:, h:h + 1].expand(1, g, L, D),
+                                           vb[:, h:h + 1].expand(1, g, L, D), attn_mask=bias, scale=scale)
+        out[:, heads] = o[0].transpose(0, 1)
     return out
 
 
