@@ -86,6 +86,10 @@ class StateStore:
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
+        # A list records every allocate() / free() as ("allocate" | "free", slot), in order: the slots and KV
+        # blocks of a store follow from these calls and the steps alone, so replaying the log on another
+        # rank's store (parallel.lockstep) keeps the two identical. None = not recorded.
+        self.op_log: list[tuple[str, int]] | None = None
 
     # ------------------------------------------------------------------ slots
     def allocate(self) -> int:
@@ -96,6 +100,8 @@ class StateStore:
         self.lightning[:, slot].zero_()
         self.block_tables[slot] = []
         self.seq_lens[slot] = 0
+        if self.op_log is not None:
+            self.op_log.append(("allocate", slot))
         return slot
 
     def free(self, slot: int) -> None:
@@ -105,6 +111,8 @@ class StateStore:
         self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
         del self.seq_lens[slot]
         self.free_slots.append(slot)
+        if self.op_log is not None:
+            self.op_log.append(("free", slot))
 
     @property
     def num_free_slots(self) -> int:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -159,6 +160,26 @@ def load_model(args: argparse.Namespace) -> Loaded:
     return Loaded(model, tokenizer, stop_token_ids(model_dir, tokenizer))
 
 
+def with_model(args: argparse.Namespace, body: Callable[[Loaded], int]) -> int:
+    """`body(loaded)` for the model flags. With --tp or --ep > 1 (or under torchrun) the model is sharded over
+    several processes (parallel.lockstep): `body` runs on rank 0 over its LockstepModel while the other ranks
+    mirror its model steps; a follower rank returns 0."""
+    from minimax01.parallel.lockstep import WorldSpec, launched_by_torchrun, run_sharded
+
+    if args.tp == 1 and args.ep == 1 and not launched_by_torchrun():
+        return body(load_model(args))
+    from minimax01.tokenizer import load_tokenizer, stop_token_ids
+
+    device = device_arg(args.device)
+    model_dir = model_dir_arg(args.model)
+    tokenizer = load_tokenizer(model_dir)  # before any process starts, so a bad checkpoint fails fast
+    stop_ids = stop_token_ids(model_dir, tokenizer)
+    spec = WorldSpec(str(model_dir), args.tp, args.ep, dtype_arg(args.dtype, device), device.split(":")[0],
+                     args.quantize)
+    result = run_sharded(spec, lambda model: body(Loaded(model, tokenizer, stop_ids)))
+    return 0 if result is None else result
+
+
 class Stats:
     """Counts the generated tokens of one request; reports finish reason + speed on stderr."""
 
@@ -211,16 +232,20 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
-    prompt = read_prompt(args)
-    loaded = load_model(args)
-    if args.chat:
-        prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
-    stats = Stats()
-    for text in stream_text(loaded, prompt, sampling, stats):
-        _write(text)
-    _write("\n")
-    stats.report()  # after the newline, so that on a terminal it gets a line of its own
-    return 0
+    # Before the (slow) model, so that a bad file fails fast; under torchrun on rank 0 alone (it may be stdin).
+    prompt = read_prompt(args) if os.environ.get("RANK", "0") == "0" else ""
+
+    def run(loaded: Loaded) -> int:
+        text = (loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
+                if args.chat else prompt)
+        stats = Stats()
+        for piece in stream_text(loaded, text, sampling, stats):
+            _write(piece)
+        _write("\n")
+        stats.report()  # after the newline, so that on a terminal it gets a line of its own
+        return 0
+
+    return with_model(args, run)
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -279,11 +304,16 @@ def chat_turn(loaded: Loaded, messages: list[dict[str, Any]], tools: list[dict[s
 def cmd_chat(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
     tools = load_tools(args.tools) if args.tools else None
-    loaded = load_model(args)
+    return with_model(args, lambda loaded: chat_loop(loaded, args.system, tools, sampling))
+
+
+def chat_loop(loaded: Loaded, system_prompt: str | None, tools: list[dict[str, Any]] | None,
+              sampling: dict[str, Any]) -> int:
+    """The REPL: one user message per line of stdin until /exit or end of input."""
     interactive = sys.stdin.isatty()
     if interactive:
         print("Chat with the model. /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
-    system = [{"role": "system", "content": args.system}] if args.system else []
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = list(system)
     while True:
         try:
@@ -315,6 +345,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
         "max_num_batched_tokens": args.max_num_batched_tokens, "dtype": dtype_arg(args.dtype, device),
         "device": device, "served_model_name": args.served_model_name, "quantize": args.quantize, "tp": args.tp,
+        "ep": args.ep,
         "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
         "max_body_bytes": args.max_body_bytes,
     }
@@ -360,6 +391,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N; default cuda when available, else cpu")
     p.add_argument("--quantize", choices=QUANTIZE,
                    help="weight-only quantization applied after loading (int8: per-channel weights)")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallelism: attention heads split N ways. With --tp or --ep > 1 the command starts "
+                        "lcm(tp, ep) processes itself (one per GPU, rank r on cuda:r; gloo processes with --device "
+                        "cpu); under torchrun it joins torchrun's world instead (default %(default)s)")
+    p.add_argument("--ep", type=int, default=1, metavar="N",
+                   help="expert parallelism: experts split into N groups, each expert's intermediate dim split "
+                        "among the processes of its group (default %(default)s)")
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -447,7 +485,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-block-size", type=int, metavar="N", help="tokens per KV-cache page (default 64)")
     p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
                    help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
-    p.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree (GPUs)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plan", help="memory / communication plan of a multi-GPU deployment (no GPU needed)",

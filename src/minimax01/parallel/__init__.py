@@ -4,6 +4,7 @@
 - shard.py: `shard_(model, groups)`, the in-place sharding transform of a built model.
 - loading.py: sharded loading (each rank reads only its slices) and `init_parallel_model`, what rank code calls.
 - launch.py / worker.py: starting workers (torchrun or `spawn`), the torchrun entry point.
+- lockstep.py: serving a sharded model (rank 0 runs the engine, the other ranks mirror its steps).
 - plan.py: memory / communication model of the real model (`minimax01 plan`).
 """
 

@@ -41,18 +41,25 @@ class Server:
     model_name: str
 
 
-def load_checkpoint(model: str | Path | None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-                    quantize: str | None = None) -> tuple[Any, Any, list[int], Path]:
-    """(model, tokenizer, stop token ids, checkpoint dir); `model=None` is the built-in tiny checkpoint."""
-    from minimax01.model.model import MiniMaxForCausalLM
+def load_tokenizer_of(model: str | Path | None) -> tuple[Any, list[int], Path]:
+    """(tokenizer, stop token ids, checkpoint dir); `model=None` is the built-in tiny checkpoint."""
     from minimax01.tiny import ensure_default_model
     from minimax01.tokenizer import load_tokenizer, stop_token_ids
 
     model_dir = Path(model) if model is not None else ensure_default_model()
-    tokenizer = load_tokenizer(model_dir)  # before the (slow) weights: a bad checkpoint fails fast
+    tokenizer = load_tokenizer(model_dir)
+    return tokenizer, stop_token_ids(model_dir, tokenizer), model_dir
+
+
+def load_checkpoint(model: str | Path | None, dtype: torch.dtype | str | None = None, device: str = "cpu",
+                    quantize: str | None = None) -> tuple[Any, Any, list[int], Path]:
+    """(model, tokenizer, stop token ids, checkpoint dir); `model=None` is the built-in tiny checkpoint."""
+    from minimax01.model.model import MiniMaxForCausalLM
+
+    tokenizer, stop_ids, model_dir = load_tokenizer_of(model)  # before the (slow) weights: fails fast
     net = MiniMaxForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype, device), device=device,
                                              quantize=quantize)
-    return net, tokenizer, stop_token_ids(model_dir, tokenizer), model_dir
+    return net, tokenizer, stop_ids, model_dir
 
 
 def build_server(model: Any, tokenizer: Any, model_name: str, *, api_key: str | None = None,
@@ -81,20 +88,33 @@ def run_server(server: Server, host: str = "127.0.0.1", port: int = 8000, log_le
 def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
           dtype: torch.dtype | str | None = None, device: str = "cpu", served_model_name: str | None = None,
-          quantize: str | None = None, tp: int = 1, kv_block_size: int = 64, kv_cache_memory: int | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info") -> None:
+          quantize: str | None = None, tp: int = 1, ep: int = 1, kv_block_size: int = 64,
+          kv_cache_memory: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          log_level: str = "info") -> None:
     """Serves a checkpoint directory (default: the built-in tiny model) on http://host:port/v1.
 
     Binds 127.0.0.1 unless told otherwise; `api_key` makes /v1/* require `Authorization: Bearer <key>`.
+    `tp` (attention heads split tp ways) / `ep` (experts split into ep groups) > 1, or a torchrun environment,
+    shard the model over several processes (parallel.lockstep): this process serves as rank 0 and starts the
+    others itself (one per GPU of `device`, or gloo processes on the CPU); under torchrun, rank 0 serves and
+    the other ranks follow its steps.
     """
-    if tp != 1:
-        raise RequestError("the server runs one model worker; tensor parallelism (--tp > 1) is not supported yet")
-    net, tokenizer, stop_ids, model_dir = load_checkpoint(model, dtype, device, quantize)
-    server = build_server(net, tokenizer, served_model_name or model_dir.name, api_key=api_key,
-                          max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                          max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
-                          kv_cache_memory=kv_cache_memory, stop_token_ids=stop_ids, max_body_bytes=max_body_bytes)
-    logging.getLogger("minimax01.server").info(
-        "serving %s as %r on http://%s:%d/v1 (max_num_seqs=%d, max_model_len=%d)", model_dir, server.model_name,
-        host, port, max_num_seqs, server.runner.engine.max_model_len)
-    run_server(server, host, port, log_level)
+    from minimax01.parallel.lockstep import WorldSpec, launched_by_torchrun, run_sharded
+
+    def run(net: Any, tokenizer: Any, stop_ids: list[int], model_dir: Path) -> None:
+        server = build_server(net, tokenizer, served_model_name or model_dir.name, api_key=api_key,
+                              max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                              max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
+                              kv_cache_memory=kv_cache_memory, stop_token_ids=stop_ids,
+                              max_body_bytes=max_body_bytes)
+        logging.getLogger("minimax01.server").info(
+            "serving %s as %r on http://%s:%d/v1 (max_num_seqs=%d, max_model_len=%d, tp=%d, ep=%d)", model_dir,
+            server.model_name, host, port, max_num_seqs, server.runner.engine.max_model_len, tp, ep)
+        run_server(server, host, port, log_level)
+
+    if tp == 1 and ep == 1 and not launched_by_torchrun():
+        run(*load_checkpoint(model, dtype, device, quantize))
+        return
+    tokenizer, stop_ids, model_dir = load_tokenizer_of(model)  # fails fast, before any process starts
+    spec = WorldSpec(str(model_dir), tp, ep, _dtype(dtype, device), torch.device(device).type, quantize)
+    run_sharded(spec, lambda net: run(net, tokenizer, stop_ids, model_dir))
