@@ -24,12 +24,16 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from common import bench, bench_graph, environment, rel_err, roofline, write_results  # noqa: E402
+
 from minimax01 import kernels  # noqa: E402
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
 from minimax01.kernels import moe_triton  # noqa: E402
-from minimax01.kernels.lightning_ref import layer_decay_rates, lightning_decode_ref, lightning_prefill_ref  # noqa: E402
+from minimax01.kernels.lightning_ref import (  # noqa: E402
+    layer_decay_rates,
+    lightning_decode_ref,
+    lightning_prefill_ref,
+)
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
 from minimax01.model.moe import route  # noqa: E402
 
@@ -171,9 +175,9 @@ def decode_section(roof: dict, sweep: bool, rows: dict) -> None:
     decay = layer_decay_rates(H, LAYER, 80).to(DEV)
     slots_total = 8 if SMOKE else 256
     states = torch.randn(slots_total, H, D, D, device=DEV) * 0.1
-    configs = [dict(block_e=32, num_warps=4)]
+    configs = [dict()]  # the library default first
     if sweep:
-        configs += [dict(block_e=16, num_warps=2), dict(block_e=64, num_warps=4), dict(block_e=128, num_warps=8),
+        configs += [dict(block_e=16, num_warps=2), dict(block_e=32, num_warps=4), dict(block_e=128, num_warps=8),
                     dict(block_e=32, num_warps=2), dict(block_e=64, num_warps=8)]
     table, check = [], []
     tiny = torch.zeros(1, device=DEV)
@@ -284,14 +288,14 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         print(row, flush=True)
         if sweep and (t in (1, 4096) or SMOKE):
             cands = ([dict(BM=16, BN=n, BK=kk, GROUP_M=1, num_warps=4, num_stages=s)
-                      for n, kk, s in ((128, 128, 4), (128, 64, 5), (256, 64, 4), (128, 256, 3), (64, 128, 4),
-                                       (256, 128, 3))] if t <= 64 else
+                      for n, kk, s in ((128, 64, 5), (64, 64, 4), (64, 128, 3), (32, 128, 3), (32, 64, 4),
+                                       (128, 128, 4))] if t <= 64 else
                      [dict(BM=128, BN=128, BK=64, GROUP_M=8, num_warps=8, num_stages=3),
                       dict(BM=128, BN=128, BK=64, GROUP_M=16, num_warps=8, num_stages=4),
                       dict(BM=64, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3),
                       dict(BM=128, BN=64, BK=128, GROUP_M=8, num_warps=8, num_stages=3)])
             for cfg in cands:
-                sweep_rows.append(dict(tokens=t, **cfg, ms=timed(lambda: ours(x, cfg))))
+                sweep_rows.append(dict(tokens=t, **cfg, graph=t <= 64, ms=timed(lambda: ours(x, cfg), graph=t <= 64)))
                 print("sweep", sweep_rows[-1], flush=True)
     rows[f"MoE experts + router, {E} experts {HID}->{INTER}, top-2, bf16"] = table
     if sweep_rows:
@@ -332,7 +336,8 @@ def main() -> None:
             {"prefill": prefill_section, "decode": decode_section, "moe": moe_section}[name](roof, args.sweep, rows)
     meta = {**environment(), **roof, "wall_s": round(time.time() - t0, 1)}
     if not SMOKE:
-        for p in write_results("kernels", rows, meta):
+        name = "kernels" if args.only == ap.get_default("only") else "kernels-" + args.only.replace(",", "-")
+        for p in write_results(name, rows, meta):
             print("wrote", p)
     for title, table in rows.items():
         print("\n##", title)

@@ -1,18 +1,19 @@
 """Triton lightning attention (SPEC §3.3-3.5) over the flattened variable-length batch.
 
-Prefill: one program per (sequence, head, value-column block). It walks its sequence in chunks of C tokens
-and keeps the fp32 state slice S[:, e0:e0+BE] in registers for the whole sequence, so the state never
-leaves the chip between chunks (fla's chunk kernel instead writes per-chunk states to memory and re-reads
-them). Splitting the value dim E into E/BE blocks gives heads·E/BE programs per sequence (64·2 = 128 for
-Text-01), enough to fill an H100 at batch 1; the price is that each split re-reads Q and K (served by L2,
-since the splits of one head run side by side) and recomputes QKᵀ.
+Prefill: one program per (sequence, head, value-column block). It walks its sequence in chunks of C = 64
+tokens and keeps the fp32 state slice S[:, e0:e0+BE] in registers for the whole sequence, so the state never
+leaves the chip between chunks (fla's chunk kernel writes per-chunk states to memory and re-reads them).
+Splitting the value dim E into E/BE blocks gives heads·E/BE programs per sequence (64·2 = 128 for Text-01 at
+BE = 64), enough to fill an H100 at batch 1; the price is that each split re-reads Q, K and recomputes QKᵀ.
+`prefill_config` widens BE to 128 (no split) once several sequences fill the GPU.
 
 Per chunk (rows j, t = 0..m-1 of the chunk, λ = exp(-s)):
     O = ((Q Kᵀ) ∘ λ^(j-t)[j≥t]) V  +  (Q ∘ λ^(j+1)) S
     S ← λ^m S + (K ∘ λ^(m-1-t))ᵀ V
-Q Kᵀ, P V and Kᵀ V run on bf16 operands with fp32 accumulation (as the original's bf16 matmuls do);
-(Q ∘ decay) S runs with fp32 operands (tf32 on the GPU), because S is fp32 and rounding it to bf16 every
-chunk would cost accuracy for nothing.
+All products run on the tensor cores with fp32 accumulation: Q Kᵀ, P V and Kᵀ V on bf16 operands (as the
+original's bf16 matmuls); (Q ∘ λ^(j+1)) S on bf16 operands too for 16-bit models (S is rounded for this
+product only; the carried state stays fp32; the whole kernel ran 16 % faster than with the tf32 product, at
+the same error against the fp64 reference, docs/kernels.md), fp32/tf32 for fp32 inputs.
 
 Decode: one program per (sequence, head, value block); it gathers the state by slot index, updates it in
 place (S = λS + kᵀv in fp32) and writes o = qS. One read and one write of the state: HBM-bound.
@@ -48,11 +49,10 @@ def dot(a, b, acc, INTERPRET: tl.constexpr):
 @triton.jit
 def cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     """x.to(dtype). Interpreter: round fp32 to the nearest even bf16 first, as the GPU's conversion does."""
-    if INTERPRET:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
+    if INTERPRET and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
     return x.to(dtype)
 
 
@@ -83,7 +83,7 @@ def _prefill_kernel(
     diff = pos[:, None] - pos[None, :]
     diag = tl.where(diff >= 0, tl.exp(-s * tl.maximum(diff, 0.0)), 0.0)  # λ^(j-t), causal
     q_base = q_ptr + h * stride_qh + offs_d[None, :]
-    k_base = k_ptr + h * stride_kh + offs_d[None, :]
+    kT_base = k_ptr + h * stride_kh + offs_d[:, None]
     v_base = v_ptr + h * stride_vh + offs_e[None, :]
     o_base = o_ptr + h * stride_oh + offs_e[None, :]
 
@@ -92,21 +92,24 @@ def _prefill_kernel(
         mask = (rows < end)[:, None]
         r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
         qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
-        ki = tl.load(k_base + r64 * stride_kt, mask=mask, other=0.0)  # [C, D]
+        # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
+        # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
+        kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
         vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
         m = tl.minimum(end - c0, C).to(tl.float32)
-        # λ^(m-1-t); rows past the end are zero in ki, the maximum keeps exp() from overflowing there.
+        # λ^(m-1-t); rows past the end are zero in kT, the maximum keeps exp() from overflowing there.
         k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
-        kd = cast(ki.to(tl.float32) * k_decay[:, None], ki.dtype, INTERPRET)
+        kdT = cast(kT.to(tl.float32) * k_decay[None, :], kT.dtype, INTERPRET)
         # The three products that do not depend on each other are issued back to back so that the
-        # asynchronous tensor-core ops overlap (measured: 1.25 -> 1.22 ms at 32 K, 18.8 -> 16.9 ms at 512 K).
+        # asynchronous tensor-core ops overlap (measured at BE = 64, 4 warps: 1.68 -> 1.22 ms at 32 K,
+        # 25.6 -> 16.9 ms at 512 K).
         if INTER_BF16:  # S rounded to bf16 for this product only (the carried state stays fp32)
             inter = dot(cast(qi.to(tl.float32) * q_decay[:, None], tl.bfloat16, INTERPRET),
                         cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
         else:
             inter = dot(qi.to(tl.float32) * q_decay[:, None], S, None, INTERPRET)
-        upd = dot(tl.trans(kd), vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V
-        qk = dot(qi, tl.trans(ki), None, INTERPRET)  # [C, C] fp32
+        upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
+        qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
         o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, inter, INTERPRET)
         tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
         S = S * tl.exp(-s * m) + upd
@@ -185,9 +188,12 @@ def prefill(
     for t in (q, k, v):
         if t.stride(-1) != 1:
             raise ValueError("q, k, v need a contiguous last dim")
-    # (Q ∘ decay)·S with S rounded to bf16 for 16-bit models; fp32 inputs (tests) keep the fp32 product.
-    cfg = {**prefill_config(H, E, T, max_len or T, _num_sms(q.device)), "inter_bf16": q.element_size() == 2,
-           **config}
+    # (Q ∘ decay)·S with S rounded to bf16 for 16-bit models (the carried state stays fp32).
+    # fp32 inputs (tests) keep the fp32 product and, their tiles being twice as large, one stage less.
+    cfg = {**prefill_config(H, E, T, max_len or T, _num_sms(q.device)), **config}
+    cfg.setdefault("inter_bf16", q.element_size() == 2)
+    if q.element_size() > 2 and "num_stages" not in config:
+        cfg["num_stages"] -= 1
     block_e = min(int(cfg["block_e"]), E)
     out = torch.empty(T, H, E, dtype=q.dtype, device=q.device)
     _prefill_kernel[(slots.shape[0], H, E // block_e)](
@@ -207,7 +213,7 @@ def decode(
     decay: torch.Tensor,  # [H] fp32
     states: torch.Tensor,  # [slots, H, D, E] fp32, updated in place
     slots: torch.Tensor,  # [B] int64 on q.device
-    block_e: int = 32,
+    block_e: int = 64,  # measured best on an H100 at batch 1..256 (docs/kernels.md)
     num_warps: int = 4,
 ) -> torch.Tensor:
     """One recurrent step per sequence; returns o [B, H, E] in q.dtype."""

@@ -129,9 +129,11 @@ class MiniMaxForCausalLM(nn.Module):
             raise RequestError(f"cache holds {cache.batch_size} sequences but input_ids has {B} rows")
         mask = self._new_token_mask(attention_mask, cache, B, n, use_cache)  # [B, n] bool
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        first = max(0, n - (logits_to_keep or n))  # first column whose logits are returned
         keep = torch.zeros_like(mask)
-        keep[:, n - (logits_to_keep or n):] = True
-        logits = torch.zeros(B, n, self.config.vocab_size, dtype=torch.float32, device=self.device)
+        keep[:, first:] = True
+        # Only the kept columns: [B, n, vocab] fp32 would be 800 GB at 1M tokens of the real vocab.
+        logits = torch.zeros(B, n - first, self.config.vocab_size, dtype=torch.float32, device=self.device)
         # Column windows of at most `prefill_chunk_size`: activations stay O(chunk) however long the prompt;
         # lightning layers carry their fp32 state and softmax layers their KV cache from window to window.
         chunk = prefill_chunk_size or max(n, 1)
@@ -147,10 +149,10 @@ class MiniMaxForCausalLM(nn.Module):
             logits_index = win_keep[win_mask].nonzero(as_tuple=True)[0]
             tokens = input_ids[:, c0:c0 + chunk][win_mask]
             step_logits = self.forward_step(tokens, batch, cache.store, logits_index)
-            logits[:, c0:c0 + chunk][win_mask & win_keep] = step_logits
+            lo = max(c0, first)  # win_keep is False left of `first`
+            if lo < c0 + chunk:
+                logits[:, lo - first:c0 + chunk - first][(win_mask & win_keep)[:, lo - c0:]] = step_logits
         cache.num_columns += n
-        if logits_to_keep:
-            logits = logits[:, n - logits_to_keep:]
         return CausalLMOutput(logits=logits, cache=cache if use_cache else None)
 
     @staticmethod
