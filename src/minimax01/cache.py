@@ -86,6 +86,7 @@ class StateStore:
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
+        self._positions: dict[int, torch.Tensor] = {}  # slot -> device buffer of flat KV positions
         # A list records every allocate() / free() as ("allocate" | "free", slot), in order: the slots and KV
         # blocks of a store follow from these calls and the steps alone, so replaying the log on another
         # rank's store (parallel.lockstep) keeps the two identical. None = not recorded.
@@ -100,6 +101,7 @@ class StateStore:
         self.lightning[:, slot].zero_()
         self.block_tables[slot] = []
         self.seq_lens[slot] = 0
+        self._positions.pop(slot, None)
         if self.op_log is not None:
             self.op_log.append(("allocate", slot))
         return slot
@@ -110,6 +112,7 @@ class StateStore:
             return
         self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
         del self.seq_lens[slot]
+        self._positions.pop(slot, None)
         self.free_slots.append(slot)
         if self.op_log is not None:
             self.op_log.append(("free", slot))
@@ -150,7 +153,7 @@ class StateStore:
             if not self.growable:
                 raise OutOfSlots(f"KV cache needs {need} more blocks, {len(self.free_blocks)} free")
             self._grow(need - len(self.free_blocks))
-        positions = []
+        positions, owners = [], []
         for slot, start, n in zip(batch.slots, batch.start_pos, batch.num_new):
             if start != self.seq_lens[slot]:
                 raise ValueError(f"slot {slot} holds {self.seq_lens[slot]} tokens but the step starts at {start}")
@@ -158,11 +161,32 @@ class StateStore:
             for _ in range(self.blocks_needed(slot, n)):
                 table.append(self.free_blocks.pop())
             if self.full_index and n:
+                # Only the blocks the new tokens land in: host work O(n), not O(length).
+                first = start // self.kv_block_size
                 pos = torch.arange(start, start + n)
-                blocks = torch.tensor(table, dtype=torch.long)[pos // self.kv_block_size]
-                positions.append(blocks * self.kv_block_size + pos % self.kv_block_size)
-        flat = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
-        return flat.to(self.device)
+                blocks = torch.tensor(table[first:(start + n - 1) // self.kv_block_size + 1], dtype=torch.long)
+                positions.append(blocks[pos // self.kv_block_size - first] * self.kv_block_size
+                                 + pos % self.kv_block_size)
+                owners.append((slot, start, n))
+        flat = (torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)).to(self.device)
+        offset = 0
+        for slot, start, n in owners:  # keep each slot's positions on the device for kv_positions
+            self._append_positions(slot, start, flat[offset:offset + n])
+            offset += n
+        return flat
+
+    def _append_positions(self, slot: int, start: int, new: torch.Tensor) -> None:
+        """Writes the flat positions of tokens start..start+n of `slot` into its device buffer (capacity doubles,
+        so a long sequence costs amortised O(n) device copies and no host work per decode step)."""
+        buf = self._positions.get(slot)
+        end = start + new.numel()
+        if buf is None or buf.numel() < end:
+            grown = torch.empty(max(end, 2 * (buf.numel() if buf is not None else 0), 256), dtype=torch.long,
+                                device=self.device)
+            if buf is not None:
+                grown[:start] = buf[:start]
+            buf = self._positions[slot] = grown
+        buf[start:end] = new
 
     def commit(self, batch: BatchInfo) -> None:
         """Advances the stored lengths after a successful step."""
@@ -170,10 +194,9 @@ class StateStore:
             self.seq_lens[slot] += n
 
     def kv_positions(self, slot: int, length: int) -> torch.Tensor:
-        """Flat cache positions [length] of the first `length` tokens of `slot`."""
-        pos = torch.arange(length)
-        blocks = torch.tensor(self.block_tables[slot], dtype=torch.long)[pos // self.kv_block_size]
-        return (blocks * self.kv_block_size + pos % self.kv_block_size).to(self.device)
+        """Flat cache positions [length] of the first `length` tokens of `slot` (a device view, reserved by
+        `prepare`)."""
+        return self._positions[slot][:length]
 
     def memory_bytes(self) -> dict[str, int]:
         return {
