@@ -28,6 +28,7 @@ import pytest
 
 TRIGGER = "TOOL-TRIGGER"
 CRASH = "CRASH-TRIGGER"  # a prompt containing it makes the model raise (engine failure path)
+SLOW = "SLOW-TRIGGER"  # steps that include such a sequence take >= 20 ms (disconnect tests must not race the model)
 CONTENT = "Let me check."
 CALL = '<function_call>```typescript\nfunctions.get_weather({"city": "Paris"})\n```'
 SCRIPTS = (CONTENT + CALL, CALL)  # the second one continues a forced tool_choice prefix
@@ -70,6 +71,8 @@ def install_script(model: Any, tokenizer: Any) -> None:
         for i, slot in enumerate(batch.slots):
             seq = flat[batch.cu_seqlens[i]:batch.cu_seqlens[i + 1]]
             history[slot] = history.get(slot, [])[:batch.start_pos[i]] + seq
+        if any(SLOW in tokenizer.decode(history[slot]) for slot in batch.slots):
+            time.sleep(0.02)
         rows = logits_index.tolist() if logits_index is not None else range(len(flat))
         for r, t in enumerate(rows):
             i = bisect.bisect_right(batch.cu_seqlens, t) - 1
@@ -372,7 +375,8 @@ def test_32_concurrent_streams_match_solo_runs(server: str, client: Any) -> None
 
 
 def test_disconnect_frees_the_slot(server: str) -> None:
-    body = {"model": MODEL, "messages": user("a long story"), "max_tokens": 200, "ignore_eos": True}
+    # SLOW: 200 tokens take >= 4 s, so the 1 s client timeout below always fires first.
+    body = {"model": MODEL, "messages": user(f"{SLOW} a long story"), "max_tokens": 200, "ignore_eos": True}
     before = metrics(server)
     # Streaming: read two events, then drop the connection.
     with httpx.Client(timeout=30) as http, http.stream("POST", f"{server}/v1/chat/completions",
