@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,11 @@ def load_state_into(model: MiniMaxForCausalLM, directory: str | Path, progress: 
                 target.tensor.copy_(tensor)
         for k in covers:
             filled[k] = path
+    check_complete(directory, unexpected, required, filled)
+
+
+def check_complete(directory: str | Path, unexpected: list[str], required: set[str], filled: Iterable[str]) -> None:
+    """Raises CheckpointError for tensors the model does not know, or required tensors never read."""
     if unexpected:
         raise CheckpointError(f"{directory}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
                               f"is this a MiniMax-Text-01 checkpoint?")

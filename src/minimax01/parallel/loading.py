@@ -22,7 +22,7 @@ from minimax01.errors import CheckpointError
 from minimax01.model.model import MiniMaxForCausalLM
 from minimax01.parallel.group import ParallelGroups, init_distributed, local_device, new_groups
 from minimax01.parallel.shard import Index, Ownership, ownership, param_index, shard_
-from minimax01.weights import _DERIVED_BUFFERS, _FLOAT_DTYPES, _shard_files
+from minimax01.weights import _DERIVED_BUFFERS, _FLOAT_DTYPES, _shard_files, check_complete
 
 _EXPERT_NAME = re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts\.)(\d+)(\..+)$")
 _ALL = slice(None)
@@ -120,13 +120,7 @@ def load_sharded_into(model: MiniMaxForCausalLM, directory: str | Path, own: Own
                     raise CheckpointError(f"{path}: the index lists {key!r} in this shard but the file does not "
                                           f"contain it")
                 _read_into(f, path, key, target, filled, stats)
-    if unexpected:
-        raise CheckpointError(f"{directory}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
-                              f"is this a MiniMax-Text-01 checkpoint?")
-    missing = sorted(required - set(filled))
-    if missing:
-        raise CheckpointError(f"{directory}: {len(missing)} tensor(s) missing from the checkpoint, "
-                              f"e.g. {missing[0]!r}")
+    check_complete(directory, unexpected, required, filled)
     return stats
 
 
