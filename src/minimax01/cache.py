@@ -30,6 +30,9 @@ class BatchInfo:
     start_pos: list[int]  # tokens already in the cache for each sequence
     num_new: list[int]  # new tokens of each sequence in this step
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Built for CUDA-graph replay (engine/cuda_graph.py): the host lists are placeholders, so kernels must not
+    # specialise on them (warm-up, capture and every replay then launch the same kernel variants).
+    graph_static: bool = False
 
     def __post_init__(self) -> None:
         if not (len(self.slots) == len(self.start_pos) == len(self.num_new)):
@@ -87,6 +90,9 @@ class StateStore:
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
         self._positions: dict[int, torch.Tensor] = {}  # slot -> device buffer of flat KV positions
+        # Device copy of block_tables for kernels: [max_seqs, width] int32, row = slot; entries past a slot's
+        # length are stale (kernels read only below the length). The width doubles on demand.
+        self.block_table_t = torch.zeros(max_seqs, 16, dtype=torch.int32, device=self.device)
         # A list records every allocate() / free() as ("allocate" | "free", slot), in order: the slots and KV
         # blocks of a store follow from these calls and the steps alone, so replaying the log on another
         # rank's store (parallel.lockstep) keeps the two identical. None = not recorded.
@@ -158,8 +164,11 @@ class StateStore:
             if start != self.seq_lens[slot]:
                 raise ValueError(f"slot {slot} holds {self.seq_lens[slot]} tokens but the step starts at {start}")
             table = self.block_tables[slot]
+            have = len(table)
             for _ in range(self.blocks_needed(slot, n)):
                 table.append(self.free_blocks.pop())
+            if len(table) > have:
+                self._set_blocks(slot, have, table[have:])
             if self.full_index and n:
                 # Only the blocks the new tokens land in: host work O(n), not O(length).
                 first = start // self.kv_block_size
@@ -174,6 +183,22 @@ class StateStore:
             self._append_positions(slot, start, flat[offset:offset + n])
             offset += n
         return flat
+
+    def _set_blocks(self, slot: int, first: int, blocks: list[int]) -> None:
+        """Writes a slot's new blocks (its block indices first..) into the device block table."""
+        end = first + len(blocks)
+        self.reserve_block_table(end)
+        self.block_table_t[slot, first:end] = torch.tensor(blocks, dtype=torch.int32).to(self.device)
+
+    def reserve_block_table(self, blocks_per_seq: int) -> None:
+        """Makes block_table_t at least `blocks_per_seq` wide (a new tensor when it grows: code that holds the
+        old one, such as a captured CUDA graph, must reserve up front)."""
+        width = self.block_table_t.shape[1]
+        if blocks_per_seq > width:
+            grown = torch.zeros(self.max_seqs, max(blocks_per_seq, 2 * width), dtype=torch.int32,
+                                device=self.device)
+            grown[:, :width] = self.block_table_t
+            self.block_table_t = grown
 
     def _append_positions(self, slot: int, start: int, new: torch.Tensor) -> None:
         """Writes the flat positions of tokens start..start+n of `slot` into its device buffer (capacity doubles,

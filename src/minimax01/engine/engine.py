@@ -18,6 +18,7 @@ import torch
 from minimax01.cache import BatchInfo
 from minimax01.chat import DEFAULT_EOS_TOKEN_ID
 from minimax01.config import MiniMaxConfig
+from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
 from minimax01.sampling import Sampler, SamplingParams, StopChecker, make_generator
@@ -98,6 +99,8 @@ class LLMEngine:
         kv_cache_bytes: memory budget of the softmax-layer KV cache (used when num_kv_blocks is None).
         default_stop_token_ids: ids that end every request unless `ignore_eos`; default: see
             `default_stop_ids()`. A request's own `stop_token_ids` always apply.
+        cuda_graphs: replay pure-decode steps from CUDA graphs (engine/cuda_graph.py); default: off, on for
+            CUDA with the Triton kernels when MINIMAX01_CUDA_GRAPHS=1 (not yet validated on the GPU).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class LLMEngine:
         num_kv_blocks: int | None = None,
         kv_cache_bytes: int | None = None,
         default_stop_token_ids: list[int] | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         config = model.config
         self.model = model
@@ -139,7 +143,11 @@ class LLMEngine:
         self.max_model_len = max_model_len
         if num_kv_blocks is None:
             num_kv_blocks = max_num_seqs * -(-max_model_len // kv_block_size) if block_bytes else 1
-        self.store = model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
+        # CUDA graphs for decode steps: one more slot and KV block, the runner's padding dummy.
+        extra = int(graphs_enabled(model, cuda_graphs))
+        self.store = model.new_store(max_num_seqs + extra, num_kv_blocks=num_kv_blocks + extra,
+                                     kv_block_size=kv_block_size)
+        self.graphs = DecodeGraphRunner(model, self.store, max_model_len) if extra else None
         self.scheduler = Scheduler(self.store, max_num_batched_tokens)
         self.sampler = Sampler()
         self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None
@@ -279,8 +287,12 @@ class LLMEngine:
                           [c.num_new for c in chunks], device=device)
         rows = [i for i, c in enumerate(chunks) if c.samples]
         try:
-            return self.model.forward_step(torch.tensor(tokens, dtype=torch.long, device=device), batch,
-                                           self.store, logits_index=batch.last_token_index[rows])
+            tokens_t = torch.tensor(tokens, dtype=torch.long, device=device)
+            logits_index = batch.last_token_index[rows]
+            logits = self.graphs.run(tokens_t, batch, logits_index) if self.graphs is not None else None
+            if logits is None:  # not a decode step, larger than the graphs, or graphs off
+                logits = self.model.forward_step(tokens_t, batch, self.store, logits_index=logits_index)
+            return logits
         except Exception:
             # The step may have half-updated these slots' states in place: they cannot continue. Fail them
             # (their final outputs come with the next step) and let the caller see the error.

@@ -127,5 +127,42 @@ def moe_experts(
     return experts_ref(x, weights, ids, w13, w2)
 
 
+def paged_decode_attention(
+    q: torch.Tensor,  # [B, H, D] one new query token per sequence
+    k_cache: torch.Tensor,  # [blocks, block_size, KVH, D] one layer's key pool (keys after RoPE)
+    v_cache: torch.Tensor,  # [blocks, block_size, KVH, D]
+    block_tables: torch.Tensor,  # [slots, max_blocks] int32 (StateStore.block_table_t)
+    slots: torch.Tensor,  # [B] int64
+    seq_lens: torch.Tensor,  # [B] cached keys of each sequence, its new token included
+    scale: float,
+    max_len: int | None = None,  # host hint of max(seq_lens); None (CUDA graphs) is always correct
+) -> torch.Tensor:
+    """Decode attention of each sequence's new token over its whole paged K/V. Returns [B, H, D] in q.dtype.
+    Triton reads the pool in place; the reference gathers each sequence's K/V and runs `attend_one`."""
+    if use_triton(q.device) and q.dtype != torch.float64:
+        from minimax01.kernels import paged_attention
+
+        if paged_attention.supported(q.shape[-1], k_cache.shape[1]):
+            return paged_attention.decode(q, k_cache, v_cache, block_tables, slots, seq_lens, scale,
+                                          max_len=max_len)
+    return paged_decode_ref(q, k_cache, v_cache, block_tables, slots, seq_lens, scale)
+
+
+def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     slots: torch.Tensor, seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Torch twin of paged_decode_attention (host loop over sequences; syncs on seq_lens)."""
+    from minimax01.model.attention import attend_one  # the model imports kernels: import at call time
+
+    bs, kvh, d = k_cache.shape[1:]
+    k_pool, v_pool = k_cache.reshape(-1, kvh, d), v_cache.reshape(-1, kvh, d)
+    out = torch.zeros_like(q)
+    for b, (slot, n) in enumerate(zip(slots.tolist(), seq_lens.tolist())):
+        if n:
+            t = torch.arange(n, device=q.device)
+            idx = block_tables[slot, t // bs].long() * bs + t % bs  # [n] flat pool positions
+            out[b:b + 1] = attend_one(q[b:b + 1], k_pool[idx].to(q.dtype), v_pool[idx].to(q.dtype), scale)
+    return out
+
+
 # int8 weight-only ops (quant.py); imported last because w8a16 uses use_triton() from this module.
 from minimax01.kernels.w8a16 import moe_experts_int8, w8a16_linear  # noqa: E402,F401

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
+from minimax01 import kernels
 from minimax01.cache import BatchInfo, StateStore
 from minimax01.config import MiniMaxConfig
 
@@ -128,6 +129,14 @@ class SoftmaxAttention(nn.Module):
         v_pool = store.v_cache[li].view(-1, self.num_kv_heads, self.head_dim)
         k_pool[kv_pos] = k.to(k_pool.dtype)
         v_pool[kv_pos] = v.to(v_pool.dtype)
+        if batch.is_decode and kernels.use_triton(x.device):
+            # One token per sequence: read the pool in place through the block table, no gather and no host
+            # work per sequence. In decode a token's position is its sequence's cached length before it. A CUDA
+            # graph replays at other lengths than it was captured with: no host hint of the longest one there.
+            out = kernels.paged_decode_attention(q, store.k_cache[li], store.v_cache[li], store.block_table_t,
+                                                 batch.slots_t, batch.positions + 1, self.scale,
+                                                 max_len=None if batch.graph_static else max(batch.start_pos) + 1)
+            return self.o_proj(out.reshape(T, -1))
         out = torch.empty_like(q)
         for b, slot in enumerate(batch.slots):
             lo, hi = batch.cu_seqlens[b], batch.cu_seqlens[b + 1]

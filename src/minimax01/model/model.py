@@ -85,14 +85,20 @@ class MiniMaxForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Runs one step and advances the store. Returns float32 logits [len(logits_index) or T, vocab]."""
         kv_pos = store.prepare(batch)  # [T] where softmax layers write this step's keys/values
+        logits = self.run_layers(tokens, batch, store, kv_pos, logits_index)
+        store.commit(batch)
+        return logits
+
+    def run_layers(self, tokens: torch.Tensor, batch: BatchInfo, store: StateStore, kv_pos: torch.Tensor,
+                   logits_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The device work of a step whose KV blocks `prepare` reserved (kv_pos [T]); no store bookkeeping, so
+        a CUDA graph can capture it (engine/cuda_graph.py). Returns float32 logits."""
         h = self.model.embed_tokens(tokens)  # [T, hidden]
         for layer in self.model.layers:
             h = layer(h, batch, store, kv_pos)
         if logits_index is not None:
             h = h[logits_index]
-        logits = self.lm_head(self.model.norm(h)).float()
-        store.commit(batch)
-        return logits
+        return self.lm_head(self.model.norm(h)).float()
 
     def new_store(self, max_seqs: int, **kw: Any) -> StateStore:
         # fp32 lightning state whatever the model dtype (SPEC §10); fp64 models (math tests) keep fp64.
