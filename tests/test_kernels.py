@@ -1,10 +1,7 @@
 """Triton kernels against their torch references (fp64 oracle).
 
-On a machine without CUDA the kernels run under Triton's interpreter (TRITON_INTERPRET=1). @triton.jit picks
-the interpreter when it decorates, triton.language's own helpers (tl.sum, tl.cdiv) included, so the variable
-must be set before triton is first imported: if triton is already imported without it (another module of the
-package imports triton eagerly), this module re-runs itself in a fresh interpreter with the variable set.
-On CUDA the kernels run compiled, at larger shapes. Skipped cleanly where Triton cannot be imported.
+On a machine without CUDA the kernels run under Triton's interpreter (tests/triton_harness.py says how); on CUDA
+they run compiled, at larger shapes. Skipped cleanly where Triton cannot be imported.
 
 Tolerances: fp32 inputs — the kernels do the same arithmetic in another order, ‖err‖/‖ref‖ ≤ 1e-5 (GPU fp32
 dots run in tf32: operands rounded to 10 mantissa bits, 2^-11 relative each, ~1e-3 after K-long sums, so on
@@ -17,17 +14,11 @@ up as an O(1) error, far above these bounds.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-RELAUNCH = not CUDA and os.environ.get("TRITON_INTERPRET") != "1"
+from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test, triton_backend  # noqa: F401
+
 pytest.importorskip("triton")
 
 from minimax01 import kernels  # noqa: E402
@@ -39,7 +30,6 @@ from minimax01.kernels.lightning_ref import (  # noqa: E402
 )
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
 
-DEV = torch.device("cuda" if CUDA else "cpu")
 # Small shapes for the interpreter, real head sizes on the GPU.
 HEADS, DIM = (64, 128) if CUDA else (4, 32)
 HIDDEN, INTER, EXPERTS = (1024, 512, 8) if CUDA else (64, 96, 4)
@@ -47,33 +37,7 @@ FP32_TOL = 5e-3 if CUDA else 1e-5
 BF16_FACTOR = 2
 
 
-def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(a).all(), "non-finite output"
-    return float((a - ref).norm() / ref.norm())
-
-
-@pytest.fixture(autouse=True)
-def _only_where_kernels_run(request: pytest.FixtureRequest) -> None:
-    if RELAUNCH and request.node.name != "test_relaunch_under_interpreter":
-        pytest.skip("runs in the TRITON_INTERPRET=1 subprocess of test_relaunch_under_interpreter")
-
-
-@pytest.mark.skipif(not RELAUNCH, reason="this process already runs the kernels")
-def test_relaunch_under_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-
-
-@pytest.fixture
-def triton_backend():
-    """Route the public dispatch functions to Triton for the test, whatever the device."""
-    before = kernels.get_backend()
-    kernels.set_backend("triton")
-    yield
-    kernels.set_backend(before)
+test_relaunch_under_interpreter = relaunch_test(__file__)
 
 
 def silu_qkv(t: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Triton paged decode attention against its torch twin (`kernels.paged_decode_ref`: gather + `attend_one`).
 
 Runs under TRITON_INTERPRET=1 on CPU (re-running itself in a subprocess when triton was imported before the
-variable could be set, as tests/test_kernels.py explains), compiled on CUDA. Skipped where Triton cannot import.
+variable could be set, as tests/triton_harness.py explains), compiled on CUDA. Skipped where Triton cannot import.
 
 Oracle: the torch twin in fp64. Tolerances: fp32 inputs — same arithmetic in another order (online softmax,
 split reduction), ‖err‖/‖ref‖ ≤ 1e-5 on CPU; on CUDA fp32 dots run in tf32 (2^-11 relative per operand), held to
@@ -12,17 +12,11 @@ dtype plus 1e-3. A wrong block lookup, kv head or split combination is an O(1) e
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-RELAUNCH = not CUDA and os.environ.get("TRITON_INTERPRET") != "1"
+from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test, triton_backend  # noqa: F401
+
 pytest.importorskip("triton")
 
 from minimax01 import kernels  # noqa: E402
@@ -31,37 +25,11 @@ from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.kernels import paged_attention  # noqa: E402
 from minimax01.model.attention import SoftmaxAttention  # noqa: E402
 
-DEV = torch.device("cuda" if CUDA else "cpu")
 HEADS, KV_HEADS, DIM = (64, 8, 128) if CUDA else (8, 2, 32)  # GQA group of 4 on CPU, 8 on the GPU
 FP32_TOL = 5e-3 if CUDA else 1e-5
 
 
-def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.double().cpu(), ref.double().cpu()
-    assert torch.isfinite(a).all(), "non-finite output"
-    return float((a - ref).norm() / ref.norm())
-
-
-@pytest.fixture(autouse=True)
-def _only_where_kernels_run(request: pytest.FixtureRequest) -> None:
-    if RELAUNCH and request.node.name != "test_relaunch_under_interpreter":
-        pytest.skip("runs in the TRITON_INTERPRET=1 subprocess of test_relaunch_under_interpreter")
-
-
-@pytest.mark.skipif(not RELAUNCH, reason="this process already runs the kernels")
-def test_relaunch_under_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-
-
-@pytest.fixture
-def triton_backend():
-    before = kernels.get_backend()
-    kernels.set_backend("triton")
-    yield
-    kernels.set_backend(before)
+test_relaunch_under_interpreter = relaunch_test(__file__)
 
 
 def paged_case(lens: list[int], block_size: int, dtype: torch.dtype, seed: int = 0):

@@ -1,0 +1,64 @@
+"""Shared setup of the Triton kernel test modules (test_kernels.py, test_paged_attention.py).
+
+On a machine without CUDA the kernels run under Triton's interpreter (TRITON_INTERPRET=1). @triton.jit picks
+the interpreter when it decorates, triton.language's own helpers included, so the variable must be set before
+triton is first imported: import this module before triton or minimax01.kernels. If triton was already
+imported without it (another module of the package imports triton eagerly), RELAUNCH is true: the module's
+tests are skipped in this process and `relaunch_test(__file__)` re-runs the module in a fresh interpreter with
+the variable set. On CUDA the kernels run compiled.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+RELAUNCH = not CUDA and os.environ.get("TRITON_INTERPRET") != "1"
+DEV = torch.device("cuda" if CUDA else "cpu")
+RELAUNCH_TEST = "test_relaunch_under_interpreter"
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖a − ref‖ / ‖ref‖ in fp64 on the CPU; non-finite output fails."""
+    a, ref = a.double().cpu(), ref.double().cpu()
+    assert torch.isfinite(a).all(), "non-finite output"
+    return float((a - ref).norm() / ref.norm())
+
+
+@pytest.fixture(autouse=True)
+def only_where_kernels_run(request: pytest.FixtureRequest) -> None:
+    """Imported into a test module: skips its tests in a process whose triton is not in interpreter mode."""
+    if RELAUNCH and request.node.name != RELAUNCH_TEST:
+        pytest.skip(f"runs in the TRITON_INTERPRET=1 subprocess of {RELAUNCH_TEST}")
+
+
+@pytest.fixture
+def triton_backend() -> Iterator[None]:
+    """Route the public dispatch functions to Triton for the test, whatever the device."""
+    from minimax01 import kernels
+
+    before = kernels.get_backend()
+    kernels.set_backend("triton")
+    yield
+    kernels.set_backend(before)
+
+
+def relaunch_test(test_file: str) -> Callable[[], None]:
+    """The module's `test_relaunch_under_interpreter`: runs `test_file` under TRITON_INTERPRET=1."""
+
+    @pytest.mark.skipif(not RELAUNCH, reason="this process already runs the kernels")
+    def test_relaunch_under_interpreter() -> None:
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        run = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+    return test_relaunch_under_interpreter
