@@ -44,6 +44,8 @@ class BatchInfo:
         pos = [torch.arange(s, s + n) for s, n in zip(self.start_pos, self.num_new)]
         self.positions = (torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long)).to(self.device)
         self.slots_t = torch.tensor(self.slots, dtype=torch.long, device=self.device)
+        # Device copy of the boundaries, made once per step (not once per lightning layer) for the kernels.
+        self.cu_seqlens_t = torch.tensor(self.cu_seqlens, dtype=torch.int32, device=self.device)
         # Sequences that bring exactly one token to a non-empty state take the O(1) recurrent path.
         self.is_decode = all(n == 1 and s > 0 for n, s in zip(self.num_new, self.start_pos))
         self.last_token_index = torch.tensor(self.cu_seqlens[1:], dtype=torch.long, device=self.device) - 1

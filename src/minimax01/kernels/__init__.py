@@ -68,6 +68,8 @@ def lightning_prefill(
     states: torch.Tensor,  # [slots, H, D, E] fp32 state store of this layer, read and updated in place
     slots: list[int],  # [B] state slot of each sequence
     block: int = 256,
+    cu_seqlens_t: torch.Tensor | None = None,  # the same on q's device (int32), if the caller has it already
+    slots_t: torch.Tensor | None = None,  # the same on q's device (int64)
 ) -> torch.Tensor:
     """Chunked lightning attention for several sequences, each continuing from its slot's state.
     Returns o [T, H, E] in q.dtype; the final states are written back to `states[slots]`."""
@@ -75,9 +77,11 @@ def lightning_prefill(
         from minimax01.kernels import lightning_triton
 
         dev = q.device
-        return lightning_triton.prefill(q, k, v, decay.to(dev, torch.float32),
-                                        torch.tensor(cu_seqlens, dtype=torch.int32, device=dev), states,
-                                        torch.tensor(slots, dtype=torch.int64, device=dev),
+        if cu_seqlens_t is None:
+            cu_seqlens_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=dev)
+        if slots_t is None:
+            slots_t = torch.tensor(slots, dtype=torch.int64, device=dev)
+        return lightning_triton.prefill(q, k, v, decay.to(dev, torch.float32), cu_seqlens_t, states, slots_t,
                                         max_len=max(b - a for a, b in zip(cu_seqlens, cu_seqlens[1:])))
     out = torch.empty_like(v)
     for b, slot in enumerate(slots):

@@ -45,7 +45,8 @@ class LightningAttention(nn.Module):
         if batch.is_decode:
             o = kernels.lightning_decode(q, k, v, decay, states, batch.slots_t)
         else:
-            o = kernels.lightning_prefill(q, k, v, decay, batch.cu_seqlens, states, batch.slots, self.block)
+            o = kernels.lightning_prefill(q, k, v, decay, batch.cu_seqlens, states, batch.slots, self.block,
+                                          cu_seqlens_t=batch.cu_seqlens_t, slots_t=batch.slots_t)
         o = self.norm(o.reshape(T, -1))  # one RMSNorm over all heads jointly: [T, H*D]
         o = torch.sigmoid(self.output_gate(x)) * o
         return self.out_proj(o)
