@@ -55,6 +55,34 @@ def bench_graph(fn: Callable[[], Any], replays: int = 200) -> float:
     return times[len(times) // 2]
 
 
+def real_dims_config(preset: str, layers: int) -> Any:
+    """`preset`'s dimensions with `layers` layers, softmax attention every 8th and in the last one (so that even
+    2 layers have one of each kind)."""
+    from minimax01.config import MiniMaxConfig
+
+    config = MiniMaxConfig.preset(preset)
+    config.num_hidden_layers = layers
+    config.attn_type_list = [1 if (i % 8 == 7 or i == layers - 1) else 0 for i in range(layers)]
+    config.validate()
+    return config
+
+
+def real_dims_model(preset: str, layers: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Any:
+    """A model of `real_dims_config` with random weights drawn on the device (no checkpoint on disk):
+    N(0, 1/fan_in) weights and unit norms, so activations stay O(1)."""
+    from minimax01.weights import build_empty
+
+    model = build_empty(real_dims_config(preset, layers), dtype, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    return model
+
+
 def roofline() -> dict[str, float]:
     """The two ceilings of this GPU, measured now: bf16 8192³ matmul TFLOP/s and device copy GB/s
     (bytes read + bytes written)."""

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_results
+from common import environment, real_dims_config, real_dims_model, write_results  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -101,18 +101,6 @@ async def run_level(url: str, model: str, concurrency: int, num_requests: int, p
     }
 
 
-def real_dims_config(preset: str, layers: int) -> Any:
-    """`preset`'s dimensions with `layers` layers, softmax attention every 8th and in the last one (so that even
-    2 layers have one of each kind)."""
-    from minimax01.config import MiniMaxConfig
-
-    config = MiniMaxConfig.preset(preset)
-    config.num_hidden_layers = layers
-    config.attn_type_list = [1 if (i % 8 == 7 or i == layers - 1) else 0 for i in range(layers)]
-    config.validate()
-    return config
-
-
 def serve_real_dims(args: argparse.Namespace) -> None:
     """Server process of --real-dims-layers: random weights drawn on the device (no checkpoint on disk), the
     built-in tiny tokenizer (ids it does not know decode to nothing; the benchmark counts tokens, not text)."""
@@ -121,16 +109,8 @@ def serve_real_dims(args: argparse.Namespace) -> None:
     from minimax01.server.serve import build_server, run_server
     from minimax01.tiny import ensure_default_model
     from minimax01.tokenizer import load_tokenizer
-    from minimax01.weights import build_empty
 
-    model = build_empty(real_dims_config(args.preset, args.real_dims_layers), torch.bfloat16, args.device)
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():  # N(0, 1/fan_in) weights, unit norms: activations stay O(1)
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    model = real_dims_model(args.preset, args.real_dims_layers, torch.device(args.device))
     server = build_server(model, load_tokenizer(ensure_default_model()), "bench", max_num_seqs=args.max_num_seqs,
                           max_model_len=args.prompt_len + args.max_tokens + 16,
                           max_num_batched_tokens=args.max_num_batched_tokens)

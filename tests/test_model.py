@@ -189,6 +189,25 @@ def test_text01_state_dict_key_count() -> None:
     assert set(model.state_dict()) == original_names(c)
 
 
+def test_sync_free_experts_equal_the_reference() -> None:
+    """experts_dense (what a CUDA-graph capture runs when the experts fall back to torch) == experts_ref, in
+    fp64 (same sums, another order: 1e-12), with repeated and unused experts among the picks."""
+    from minimax01.kernels.moe_ref import experts_dense, experts_ref
+    from minimax01.model.moe import route
+
+    g = torch.Generator().manual_seed(3)
+    E, H, inter, T = 6, 16, 24, 9
+    x = torch.randn(T, H, generator=g, dtype=torch.float64)
+    w13 = torch.randn(E, 2 * inter, H, generator=g, dtype=torch.float64)
+    w2 = torch.randn(E, H, inter, generator=g, dtype=torch.float64)
+    logits = torch.randn(T, E, generator=g, dtype=torch.float64)
+    logits[:, 5] = -1e9  # expert 5 never picked
+    weights, ids = route(logits, 2, torch.float64)
+    ref = experts_ref(x, weights, ids, w13, w2)
+    assert torch.allclose(experts_dense(x, weights, ids, w13, w2), ref, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(experts_dense(x, weights, ids.roll(1, 1), w13, w2), ref, rtol=1e-3)
+
+
 # ------------------------------------------------------------------ independent spec oracle
 @dataclasses.dataclass
 class Oracle:

@@ -13,7 +13,7 @@ import os
 import torch
 
 from minimax01.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax01.kernels.moe_ref import experts_ref
+from minimax01.kernels.moe_ref import experts_dense, experts_ref
 
 _BACKENDS = ("auto", "torch", "triton")
 _backend = os.environ.get("MINIMAX01_KERNELS", "auto")
@@ -128,6 +128,8 @@ def moe_experts(
 
         if moe_triton.supported(x.shape[1], w2.shape[2]):
             return moe_triton.experts(x, weights, ids, w13, w2)
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():  # experts_ref syncs (unique, nonzero)
+        return experts_dense(x, weights, ids, w13, w2)
     return experts_ref(x, weights, ids, w13, w2)
 
 
