@@ -193,6 +193,17 @@ def test_queueing_beyond_max_num_seqs(model: MiniMaxForCausalLM) -> None:
     assert all(len(tokens(outs[r])) == 3 and outs[r][-1].finish_reason == "length" for r in ids)
 
 
+def test_pool_sized_for_full_length_admits_every_sequence(model: MiniMaxForCausalLM) -> None:
+    """The default pool holds max_num_seqs sequences of max_model_len tokens: all of them run together (the
+    admission keeps only the blocks the next token needs in hand, not one per sequence), without preemption."""
+    eng = engine(model, max_num_seqs=4, max_model_len=16, kv_block_size=8)  # 2 blocks per sequence, 8 in all
+    ids = [eng.add_request(prompt(14, 40 + i), greedy(2)) for i in range(4)]  # 16 tokens: 2 full blocks
+    running: list[int] = []
+    outs = run(eng, lambda e, _: running.append(e.stats().running))
+    assert max(running) == 4 and eng.stats().preemptions_total == 0
+    assert all(len(tokens(outs[r])) == 2 for r in ids)
+
+
 def test_kv_exhaustion_waits_and_preempts(model: MiniMaxForCausalLM) -> None:
     # Each request needs 12 tokens = 6 blocks of 2; together they need 18 of the 8 blocks.
     prompts = [prompt(6, 30 + i) for i in range(3)]

@@ -12,7 +12,9 @@ lengths and block tables from device tensors (kernels.paged_decode_attention, li
 The store's tensors must not be reallocated after capture: the runner needs a fixed KV budget and reserves
 the device block table's full width up front.
 
-`MINIMAX01_CUDA_GRAPHS=1` (or `LLMEngine(cuda_graphs=True)`) turns graphs on; they are off by default.
+On by default on CUDA; `MINIMAX01_CUDA_GRAPHS=0` (or `LLMEngine(cuda_graphs=False)`) turns them off. Validated
+on an H100: the GPU tests capture fp32 and bf16 models and match eager decoding, and greedy CLI text is
+identical with and without graphs (bench/results/decode-step-*.md for the speed).
 """
 
 from __future__ import annotations
@@ -30,18 +32,16 @@ SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def graphs_enabled(model: object, flag: bool | None = None) -> bool:
-    """The engine's choice: `flag` when given, else on for CUDA with the Triton kernels when
-    MINIMAX01_CUDA_GRAPHS=1 (the torch reference path of the softmax layer is not capturable). Off by default:
-    capture still failed in one GPU test (tiny fp32 model) in the last device run, and a failed capture falls
-    back to eager decoding with a warning — opt in until that is understood. Only for a plain
+    """The engine's choice: `flag` when given, else on for CUDA with the Triton kernels unless
+    MINIMAX01_CUDA_GRAPHS=0 (the torch reference path of the softmax layer is not capturable). Only for a plain
     MiniMaxForCausalLM: a parallel.LockstepModel must broadcast every step to its followers, which a replayed
-    graph would skip."""
+    graph would skip. A capture that fails anyway falls back to eager decoding with a RuntimeWarning."""
     plain = isinstance(model, MiniMaxForCausalLM)
     if flag and not plain:
         raise ValueError(f"CUDA-graph decode needs a MiniMaxForCausalLM, not a {type(model).__name__}")
     if flag is not None:
         return flag
-    return (plain and model.device.type == "cuda" and os.environ.get("MINIMAX01_CUDA_GRAPHS", "0") == "1"
+    return (plain and model.device.type == "cuda" and os.environ.get("MINIMAX01_CUDA_GRAPHS", "1") != "0"
             and kernels.use_triton(model.device) and model.dtype != torch.float64)  # fp64: reference kernels
 
 

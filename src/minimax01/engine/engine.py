@@ -99,8 +99,8 @@ class LLMEngine:
         kv_cache_bytes: memory budget of the softmax-layer KV cache (used when num_kv_blocks is None).
         default_stop_token_ids: ids that end every request unless `ignore_eos`; default: see
             `default_stop_ids()`. A request's own `stop_token_ids` always apply.
-        cuda_graphs: replay pure-decode steps from CUDA graphs (engine/cuda_graph.py); default: off, on for
-            CUDA with the Triton kernels when MINIMAX01_CUDA_GRAPHS=1 (not yet validated on the GPU).
+        cuda_graphs: replay pure-decode steps from CUDA graphs (engine/cuda_graph.py); default: on for CUDA
+            with the Triton kernels unless MINIMAX01_CUDA_GRAPHS=0.
     """
 
     def __init__(

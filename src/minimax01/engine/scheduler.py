@@ -123,6 +123,11 @@ class Scheduler:
         self.running.remove(request)
         self.waiting.appendleft(request)
 
+    def _next_token_blocks(self, chunks: list[ScheduledChunk]) -> int:
+        """KV blocks the scheduled sequences need for one token beyond their chunks of this step (0 or 1 each)."""
+        need = self.store.blocks_needed
+        return sum(need(c.request.slot, c.num_new + 1) - need(c.request.slot, c.num_new) for c in chunks)
+
     # ------------------------------------------------------------------ one step
     def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
@@ -159,9 +164,12 @@ class Scheduler:
             req = self.waiting[0]
             n = min(req.num_pending, budget)
             need = self.blocks_for(n)
-            # Keep one block per running request in hand so that their next decode step does not have to
-            # preempt the request admitted now (thrashing).
-            if need + len(self.running) > self.store.num_free_blocks - reserved:
+            # Keep in hand the blocks that one more token of every scheduled sequence (this one included) would
+            # take, so that their next decode step does not have to preempt the request admitted now (thrashing).
+            # Counting exactly, not one block per sequence: a pool sized for max_num_seqs full-length sequences
+            # must admit all of them.
+            ahead = self._next_token_blocks(chunks) + self.blocks_for(n + 1) - need
+            if need + ahead > self.store.num_free_blocks - reserved:
                 break
             self.waiting.popleft()
             req.slot = self.store.allocate()
