@@ -304,7 +304,7 @@ def test_triton_interp_dispatch(triton_backend: None) -> None:
 @needs_interpreter
 @pytest.mark.parametrize("T", [1, 6, 40])
 def test_triton_interp_grouped_moe(triton_backend: None, T: int) -> None:
-    from minimax01.kernels.w8a16 import moe_experts_int8_triton
+    from minimax01.kernels.moe_triton import triton_experts
 
     g = torch.Generator().manual_seed(T)
     E, H, inter = 4, 32, 48  # inter not a multiple of the column tile: masked columns
@@ -314,11 +314,20 @@ def test_triton_interp_grouped_moe(triton_backend: None, T: int) -> None:
     weights = torch.rand(T, 2, generator=g).bfloat16()
     x = torch.randn(T, H, generator=g).bfloat16()
     out = moe_experts_int8(x, weights, ids, w13, w2, s13, s2)  # the dispatch picks the grouped kernels here
-    torch.testing.assert_close(out, moe_experts_int8_triton(x, weights, ids, w13, w2, s13, s2), rtol=0, atol=0)
+    torch.testing.assert_close(out, triton_experts(x, weights, ids, w13, w2, w13_scale=s13, w2_scale=s2),
+                               rtol=0, atol=0)
     ref = experts_ref(x.double(), weights.double(), ids, dequantize(w13, s13, torch.float64),
                       dequantize(w2, s2, torch.float64))
-    # bf16 roundings of the SwiGLU activation and of each expert's output (2^-8 each, relative) then the sum
+    # bf16 roundings of the SwiGLU activation and of each expert's output (2^-8 each, relative) then the sum;
+    # a scale of the wrong row or expert is off by the spread of the rows' absmax (~20 %), far above 1e-2.
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+    # Narrow column tiles (3 blocks of the 48 w1/w3 columns, 2 of the 32 w2 rows): each block must read the
+    # scales of its own columns, and w3's start I rows after w1's.
+    narrow = dict(BM=16, BN=16, BK=32, GROUP_M=2, num_warps=4, num_stages=1)
+    out = triton_experts(x, weights, ids, w13, w2, narrow, w13_scale=s13, w2_scale=s2)
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+    with pytest.raises(ValueError, match="both"):
+        triton_experts(x, weights, ids, w13, w2, w13_scale=s13)
 
 
 def test_triton_kernels_under_interpreter() -> None:

@@ -13,6 +13,11 @@ active expert, so the kernels stream only the active experts' weights (weight-ba
 tokens (prefill) large tiles make them tensor-core bound. The grid is an upper bound on the number of row
 blocks (T·k/BM + min(E, T·k)); surplus programs exit at once.
 
+The same two kernels serve int8 experts (quant.py, called from w8a16.moe_experts_int8) under the constexpr
+INT8_W: int8 weight tiles are widened to the activation dtype in registers (exact) and the fp32 accumulators
+are multiplied by the per-output-channel scales after the K loop (before the SwiGLU in the up kernel, before
+the routing weight in the down kernel): half the weight bytes for the bandwidth-bound decode.
+
 `torch._grouped_mm` (CUTLASS) is the alternative for the compute-bound case: `grouped_mm_experts` uses it
 with the same sort; the dispatcher picks whichever was faster on the device (docs/kernels.md).
 """
@@ -52,12 +57,33 @@ def _swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _widen(w, like, INTERPRET: tl.constexpr):
+    """int8 tile -> the activation dtype (exact for |q| <= 127). The CPU interpreter casts int8 -> bf16
+    wrongly (Triton 3.9): there the tile goes to fp32, which its fp32 `dot` (lightning_triton) uses anyway."""
+    if INTERPRET:
+        return w.to(tl.float32)
+    return w.to(like.dtype)
+
+
+@triton.jit
+def _weight_tile(ptrs, nmask, like, INT8_W: tl.constexpr, INTERPRET: tl.constexpr):
+    """Weight tile [BK, BN] ready for the dot with `like`: as stored, or int8 widened in registers (its
+    per-channel scale multiplies the fp32 accumulator after the K loop, once instead of per tile)."""
+    w = tl.load(ptrs, mask=nmask[None, :], other=0)
+    if INT8_W:
+        w = _widen(w, like, INTERPRET)
+    return w
+
+
+@triton.jit
 def _moe_up_kernel(
-    x_ptr, w_ptr, act_ptr, order_ptr, offs_ptr, blk_ptr,
-    num_m, N, K, stride_xt, stride_we, stride_wn, stride_at,
-    TOPK: tl.constexpr, E: tl.constexpr, EP: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
+    x_ptr, w_ptr, s_ptr, act_ptr, order_ptr, offs_ptr, blk_ptr,
+    num_m, N, K, stride_xt, stride_we, stride_wn, stride_se, stride_at,
+    TOPK: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, GROUP_M: tl.constexpr, INT8_W: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    # act[row] = silu(w1·x[tok]) ⊙ (w3·x[tok]) for BM sorted rows of one expert and BN columns; with INT8_W
+    # w1 = s1 · q1 and w3 = s3 · q3 (s_ptr: [E, 2N] fp32 scales; unused, may be None, otherwise).
     pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
     if pid_m < tl.load(blk_ptr + E):
         e, rows, rmask, src = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
@@ -72,11 +98,15 @@ def _moe_up_kernel(
         acc3 = tl.zeros((BM, BN), dtype=tl.float32)
         for _ in range(0, K, BK):  # K % BK == 0 (checked by the wrapper)
             a = tl.load(a_ptrs)
-            acc1 = dot(a, tl.load(w1_ptrs, mask=nmask[None, :], other=0.0), acc1, INTERPRET)
-            acc3 = dot(a, tl.load(w3_ptrs, mask=nmask[None, :], other=0.0), acc3, INTERPRET)
+            acc1 = dot(a, _weight_tile(w1_ptrs, nmask, a, INT8_W, INTERPRET), acc1, INTERPRET)
+            acc3 = dot(a, _weight_tile(w3_ptrs, nmask, a, INT8_W, INTERPRET), acc3, INTERPRET)
             a_ptrs += BK
             w1_ptrs += BK
             w3_ptrs += BK
+        if INT8_W:  # the scales of w1 and w3 go in before the SwiGLU, which is not linear
+            s_row = s_ptr + e.to(tl.int64) * stride_se
+            acc1 *= tl.load(s_row + offs_n, mask=nmask, other=0.0)[None, :]
+            acc3 *= tl.load(s_row + N + offs_n, mask=nmask, other=0.0)[None, :]
         act = acc1 / (1.0 + tl.exp(-acc1)) * acc3  # silu(w1·x) ⊙ w3·x
         tl.store(act_ptr + rows[:, None] * stride_at + offs_n[None, :], cast(act, act_ptr.dtype.element_ty, INTERPRET),
                  mask=rmask[:, None] & nmask[None, :])
@@ -84,11 +114,13 @@ def _moe_up_kernel(
 
 @triton.jit
 def _moe_down_kernel(
-    act_ptr, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
-    num_m, N, K, stride_at, stride_we, stride_wn, stride_yt,
-    E: tl.constexpr, EP: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
+    act_ptr, w_ptr, s_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
+    num_m, N, K, stride_at, stride_we, stride_wn, stride_se, stride_yt,
+    E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    GROUP_M: tl.constexpr, INT8_W: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    # y[assignment] = routing weight · (act[row] @ w2ᵀ), stored at the assignment's unsorted position; with
+    # INT8_W w2 = s2 · q2 (s_ptr: [E, N] fp32 scales; unused, may be None, otherwise).
     pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
     if pid_m < tl.load(blk_ptr + E):
         e, rows, rmask, dst = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
@@ -99,9 +131,12 @@ def _moe_down_kernel(
         w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for _ in range(0, K, BK):
-            acc = dot(tl.load(a_ptrs), tl.load(w_ptrs, mask=nmask[None, :], other=0.0), acc, INTERPRET)
+            a = tl.load(a_ptrs)
+            acc = dot(a, _weight_tile(w_ptrs, nmask, a, INT8_W, INTERPRET), acc, INTERPRET)
             a_ptrs += BK
             w_ptrs += BK
+        if INT8_W:
+            acc *= tl.load(s_ptr + e.to(tl.int64) * stride_se + offs_n, mask=nmask, other=0.0)[None, :]
         rw = tl.load(rw_ptr + dst, mask=rmask, other=0.0).to(tl.float32)  # routing weight of the assignment
         y = cast(acc * rw[:, None], y_ptr.dtype.element_ty, INTERPRET)
         tl.store(y_ptr + dst[:, None] * stride_yt + offs_n[None, :], y, mask=rmask[:, None] & nmask[None, :])
@@ -133,15 +168,26 @@ def supported(hidden: int, inter: int) -> bool:
     return hidden % 16 == 0 and inter % 16 == 0
 
 
+def _row_stride(scale: torch.Tensor | None) -> int:
+    return 0 if scale is None else scale.stride(0)
+
+
 def triton_experts(
     x: torch.Tensor,  # [T, hidden]
     weights: torch.Tensor,  # [T, k]
     ids: torch.Tensor,  # [T, k]
-    w13: torch.Tensor,  # [E, 2I, hidden]
-    w2: torch.Tensor,  # [E, hidden, I]
+    w13: torch.Tensor,  # [E, 2I, hidden] in x.dtype, or int8 with w13_scale
+    w2: torch.Tensor,  # [E, hidden, I] in x.dtype, or int8 with w2_scale
     config: dict[str, int] | None = None,
+    w13_scale: torch.Tensor | None = None,  # [E, 2I] fp32 per-output-channel scales of int8 w13 (quant.py)
+    w2_scale: torch.Tensor | None = None,  # [E, hidden] fp32, likewise for w2
 ) -> torch.Tensor:
-    """Σ_k weights[:, k] · w2(silu(w1 x) ⊙ w3 x) with the two grouped Triton kernels. Returns [T, hidden]."""
+    """Σ_k weights[:, k] · w2(silu(w1 x) ⊙ w3 x) with the two grouped Triton kernels. Returns [T, hidden].
+    With scales the weights are int8 (w = scale · q per output row): the same kernels widen the int8 tiles in
+    registers and scale the fp32 accumulators, so they stream half the bytes of bf16 weights."""
+    int8 = w13_scale is not None
+    if int8 != (w2_scale is not None):
+        raise ValueError("int8 experts need both w13_scale and w2_scale")
     T, hidden = x.shape
     topk = ids.shape[1]
     E, two_i, _ = w13.shape
@@ -150,8 +196,8 @@ def triton_experts(
     if T == 0:
         return torch.zeros_like(x)
     x = x.contiguous()
-    if w13.stride(-1) != 1 or w2.stride(-1) != 1:
-        raise ValueError("expert weights need a contiguous last dim")
+    if any(t is not None and t.stride(-1) != 1 for t in (w13, w2, w13_scale, w2_scale)):
+        raise ValueError("expert weights and scales need a contiguous last dim")
     cfg = dict(config or _config(TK / E))
     BM, BN, GROUP_M = cfg.pop("BM"), cfg.pop("BN"), cfg.pop("GROUP_M")
     bk = cfg.pop("BK")
@@ -167,12 +213,14 @@ def triton_experts(
 
     act = torch.empty(TK, inter, dtype=x.dtype, device=x.device)
     _moe_up_kernel[(num_m * triton.cdiv(inter, BN),)](
-        x, w13, act, order, offs, blk, num_m, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1),
-        act.stride(0), TOPK=topk, E=E, EP=EP, BM=BM, BN=BN, BK=bk_up, GROUP_M=GROUP_M, INTERPRET=interpret, **cfg)
+        x, w13, w13_scale, act, order, offs, blk, num_m, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1),
+        _row_stride(w13_scale), act.stride(0), TOPK=topk, E=E, EP=EP, BM=BM, BN=BN, BK=bk_up, GROUP_M=GROUP_M,
+        INT8_W=int8, INTERPRET=interpret, **cfg)
     y = torch.empty(TK, hidden, dtype=x.dtype, device=x.device)
     _moe_down_kernel[(num_m * triton.cdiv(hidden, BN),)](
-        act, w2, y, order, weights.reshape(-1), offs, blk, num_m, hidden, inter, act.stride(0), w2.stride(0),
-        w2.stride(1), y.stride(0), E=E, EP=EP, BM=BM, BN=BN, BK=bk_down, GROUP_M=GROUP_M, INTERPRET=interpret, **cfg)
+        act, w2, w2_scale, y, order, weights.reshape(-1), offs, blk, num_m, hidden, inter, act.stride(0),
+        w2.stride(0), w2.stride(1), _row_stride(w2_scale), y.stride(0), E=E, EP=EP, BM=BM, BN=BN, BK=bk_down,
+        GROUP_M=GROUP_M, INT8_W=int8, INTERPRET=interpret, **cfg)
     return y.view(T, topk, hidden).sum(1)  # the k partial outputs of each token (fp32 accumulate, one rounding)
 
 

@@ -6,12 +6,11 @@ byte per weight instead of two is the speed-up. The Triton kernel loads int8 til
 activation dtype in registers (|q| <= 127 is exact in bf16/fp16), accumulates in fp32 and applies the
 per-channel scale once in the epilogue. The torch reference computes the same (x @ qᵀ) · scale with torch
 ops; it is the oracle in tests and the path on CPU and for large M (prefill is compute bound: one int8 ->
-bf16 cast of the weight per call, then cuBLAS).
+bf16 cast of the weight per call, then cuBLAS). The int8 experts' grouped kernels are moe_triton's, run with
+int8 weights and their scales (INT8_W).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -48,25 +47,11 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    from minimax01.kernels import moe_triton
     from minimax01.kernels.lightning_triton import cast, dot, interpreting
-    from minimax01.kernels.moe_triton import (
-        GROUPED_MM_MIN_ROWS_PER_EXPERT,
-        _block_rows,
-        _config,
-        _swizzle,
-        sort_by_expert,
-        supported,
-    )
+    from minimax01.kernels.moe_triton import _widen
 
     _INTERPRET = interpreting()
-
-    @triton.jit
-    def _widen(w, like, INTERPRET: tl.constexpr):
-        """int8 tile -> the activation dtype (exact for |q| <= 127). The CPU interpreter casts int8 -> bf16
-        wrongly (Triton 3.9): there the tile goes to fp32, which its fp32 `dot` (lightning_triton) uses anyway."""
-        if INTERPRET:
-            return w.to(tl.float32)
-        return w.to(like.dtype)
 
     def _configs() -> list:
         if _INTERPRET:  # the CPU interpreter: one small config, no tuning runs
@@ -112,69 +97,6 @@ if triton_available():
         y = cast(acc * scale[None, :], y_ptr.dtype.element_ty, INTERPRET)
         tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y, mask=m_ok & (rn[None, :] < N))
 
-    # Grouped int8 experts: the two kernels of moe_triton (same expert-sorted row blocks, no host sync) with
-    # int8 weight tiles widened in registers and the per-channel scales applied to the fp32 accumulators.
-    @triton.jit
-    def _moe_up_int8_kernel(
-        x_ptr, w_ptr, s_ptr, act_ptr, order_ptr, offs_ptr, blk_ptr,
-        num_m, N, K, stride_xt, stride_we, stride_wn, stride_se, stride_at,
-        TOPK: tl.constexpr, E: tl.constexpr, EP: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
-    ):
-        # act[row] = silu(s1 · (x[tok] @ q1ᵀ)) ⊙ (s3 · (x[tok] @ q3ᵀ)): BM sorted rows of one expert, BN columns
-        pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
-        if pid_m < tl.load(blk_ptr + E):
-            e, rows, rmask, src = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
-            offs_n = pid_n * BN + tl.arange(0, BN)
-            nmask = offs_n < N
-            offs_k = tl.arange(0, BK)
-            a_ptrs = x_ptr + (src // TOPK)[:, None] * stride_xt + offs_k[None, :]  # [BM, BK]
-            w1_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
-            w3_ptrs = w1_ptrs + N * stride_wn
-            acc1 = tl.zeros((BM, BN), dtype=tl.float32)
-            acc3 = tl.zeros((BM, BN), dtype=tl.float32)
-            for _ in range(0, K, BK):  # K % BK == 0 (the wrapper picks BK that divides K)
-                a = tl.load(a_ptrs)
-                acc1 = dot(a, _widen(tl.load(w1_ptrs, mask=nmask[None, :], other=0), a, INTERPRET), acc1, INTERPRET)
-                acc3 = dot(a, _widen(tl.load(w3_ptrs, mask=nmask[None, :], other=0), a, INTERPRET), acc3, INTERPRET)
-                a_ptrs += BK
-                w1_ptrs += BK
-                w3_ptrs += BK
-            s_row = s_ptr + e.to(tl.int64) * stride_se
-            acc1 *= tl.load(s_row + offs_n, mask=nmask, other=0.0)[None, :]
-            acc3 *= tl.load(s_row + N + offs_n, mask=nmask, other=0.0)[None, :]
-            act = acc1 / (1.0 + tl.exp(-acc1)) * acc3
-            tl.store(act_ptr + rows[:, None] * stride_at + offs_n[None, :],
-                     cast(act, act_ptr.dtype.element_ty, INTERPRET), mask=rmask[:, None] & nmask[None, :])
-
-    @triton.jit
-    def _moe_down_int8_kernel(
-        act_ptr, w_ptr, s_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
-        num_m, N, K, stride_at, stride_we, stride_wn, stride_se, stride_yt,
-        E: tl.constexpr, EP: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, INTERPRET: tl.constexpr,
-    ):
-        # y[assignment] = routing weight · s2 · (act[row] @ q2ᵀ), stored at the assignment's unsorted position
-        pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
-        if pid_m < tl.load(blk_ptr + E):
-            e, rows, rmask, dst = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
-            offs_n = pid_n * BN + tl.arange(0, BN)
-            nmask = offs_n < N
-            offs_k = tl.arange(0, BK)
-            a_ptrs = act_ptr + tl.where(rmask, rows, 0)[:, None] * stride_at + offs_k[None, :]
-            w_ptrs = w_ptr + e.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]  # [BK, BN]
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for _ in range(0, K, BK):
-                a = tl.load(a_ptrs)
-                acc = dot(a, _widen(tl.load(w_ptrs, mask=nmask[None, :], other=0), a, INTERPRET), acc, INTERPRET)
-                a_ptrs += BK
-                w_ptrs += BK
-            scale = tl.load(s_ptr + e.to(tl.int64) * stride_se + offs_n, mask=nmask, other=0.0)
-            rw = tl.load(rw_ptr + dst, mask=rmask, other=0.0).to(tl.float32)
-            tl.store(y_ptr + dst[:, None] * stride_yt + offs_n[None, :],
-                     cast(acc * scale[None, :] * rw[:, None], y_ptr.dtype.element_ty, INTERPRET),
-                     mask=rmask[:, None] & nmask[None, :])
-
 
 def w8a16_linear_triton(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Triton kernel: x [..., K] (bf16/fp16) @ (q [N, K] int8 · scale [N] fp32)ᵀ -> [..., N] in x.dtype."""
@@ -212,55 +134,19 @@ def moe_experts_int8(
 ) -> torch.Tensor:
     """`kernels.moe_experts` with int8 experts: Σ_k weights[:, k] · w2(silu(w1 x) ⊙ w3 x) -> [T, hidden].
     Dispatch: the grouped Triton kernels while experts get few rows (decode: weight-bandwidth bound, no host
-    sync); per-expert GEMMs otherwise (prefill: compute bound, cuBLAS through `w8a16_linear`), the same
-    split as moe_triton.experts."""
+    sync; moe_triton's bf16 kernels with int8 weight tiles); per-expert GEMMs otherwise (prefill: compute
+    bound, cuBLAS through `w8a16_linear`), the same split as moe_triton.experts."""
     if (use_triton(x.device) and x.dtype in _TRITON_DTYPES and x.shape[0]
-            and ids.numel() < GROUPED_MM_MIN_ROWS_PER_EXPERT * w13.shape[0]
-            and supported(w13.shape[2], w2.shape[2])):
-        return moe_experts_int8_triton(x, weights, ids, w13, w2, w13_scale, w2_scale)
+            and ids.numel() < moe_triton.GROUPED_MM_MIN_ROWS_PER_EXPERT * w13.shape[0]
+            and moe_triton.supported(w13.shape[2], w2.shape[2])):
+        return moe_triton.triton_experts(x, weights, ids, w13, w2, w13_scale=w13_scale, w2_scale=w2_scale)
     return moe_experts_int8_torch(x, weights, ids, w13, w2, w13_scale, w2_scale)
 
 
-def moe_experts_int8_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: torch.Tensor,
-                            w2: torch.Tensor, w13_scale: torch.Tensor, w2_scale: torch.Tensor) -> torch.Tensor:
-    """The grouped Triton kernels (arguments as `moe_experts_int8`; launch plan of moe_triton.triton_experts)."""
-    T, hidden = x.shape
-    topk = ids.shape[1]
-    E, two_i, _ = w13.shape
-    inter = two_i // 2
-    TK = T * topk
-    x = x.contiguous()
-    cfg = dict(_config(TK / E))
-    BM, BN, GROUP_M, bk = cfg.pop("BM"), cfg.pop("BN"), cfg.pop("GROUP_M"), cfg.pop("BK")
-    bk_up, bk_down = math.gcd(hidden, bk), math.gcd(inter, bk)  # K tiles that divide K: no K masks
-    order, _, offs = sort_by_expert(ids, E)
-    blk = torch.zeros(E + 1, dtype=torch.int32, device=x.device)  # cumulative BM-row blocks per expert
-    blk[1:] = torch.cumsum((offs[1:] - offs[:-1] + BM - 1) // BM, 0)
-    num_m = triton.cdiv(TK, BM) + min(E, TK)  # upper bound on the row blocks: no sync on blk[E]
-    EP = triton.next_power_of_2(E)
-    act = torch.empty(TK, inter, dtype=x.dtype, device=x.device)  # [T·k, I] in expert-sorted order
-    _moe_up_int8_kernel[(num_m * triton.cdiv(inter, BN),)](
-        x, w13, w13_scale, act, order, offs, blk, num_m, inter, hidden, x.stride(0), w13.stride(0),
-        w13.stride(1), w13_scale.stride(0), act.stride(0), TOPK=topk, E=E, EP=EP, BM=BM, BN=BN, BK=bk_up,
-        GROUP_M=GROUP_M, INTERPRET=_INTERPRET, **cfg)
-    y = torch.empty(TK, hidden, dtype=x.dtype, device=x.device)  # [T·k, hidden] in assignment order
-    _moe_down_int8_kernel[(num_m * triton.cdiv(hidden, BN),)](
-        act, w2, w2_scale, y, order, weights.reshape(-1), offs, blk, num_m, hidden, inter, act.stride(0),
-        w2.stride(0), w2.stride(1), w2_scale.stride(0), y.stride(0), E=E, EP=EP, BM=BM, BN=BN, BK=bk_down,
-        GROUP_M=GROUP_M, INTERPRET=_INTERPRET, **cfg)
-    return y.view(T, topk, hidden).sum(1)
-
-
-def moe_experts_int8_torch(
-    x: torch.Tensor,  # [T, hidden]
-    weights: torch.Tensor,  # [T, k] routing weights (model dtype)
-    ids: torch.Tensor,  # [T, k] expert ids
-    w13: torch.Tensor,  # [E, 2I, hidden] int8: w1 rows then w3 rows
-    w2: torch.Tensor,  # [E, hidden, I] int8
-    w13_scale: torch.Tensor,  # [E, 2I] fp32
-    w2_scale: torch.Tensor,  # [E, hidden] fp32
-) -> torch.Tensor:
-    """Per-expert w8a16 GEMMs (the CPU path, prefill on the GPU, and the oracle of the grouped kernels).
+def moe_experts_int8_torch(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: torch.Tensor,
+                           w2: torch.Tensor, w13_scale: torch.Tensor, w2_scale: torch.Tensor) -> torch.Tensor:
+    """Per-expert w8a16 GEMMs, arguments as `moe_experts_int8` (the CPU path, prefill on the GPU, and the
+    oracle of the grouped kernels).
     Assignments are sorted by expert once (one host sync for the counts), so each active expert costs two
     GEMMs on a contiguous slice of the gathered rows plus the SwiGLU. Returns [T, hidden] in x.dtype."""
     k = ids.shape[1]
