@@ -28,7 +28,7 @@ from common import bench, bench_graph, environment, rel_err, roofline, write_res
 
 from minimax01 import kernels  # noqa: E402
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
-from minimax01.kernels import moe_triton  # noqa: E402
+from minimax01.kernels import moe_decode, moe_triton  # noqa: E402
 from minimax01.kernels.lightning_ref import (  # noqa: E402
     layer_decay_rates,
     lightning_decode_ref,
@@ -248,9 +248,12 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
             return kernels.moe_experts(x, w, ids, w13, w2)
         if impl == "grouped_mm":
             return moe_triton.grouped_mm_experts(x, w, ids, w13, w2)
+        if impl == "gemv" or isinstance(impl, tuple):  # tuple: (block_n, block_k, num_warps, num_stages)
+            cfg = dict(zip(("block_n", "block_k", "num_warps", "num_stages"), impl)) if impl != "gemv" else {}
+            return moe_decode.gemv_experts(x, w, ids, w13, w2, **cfg)
         return moe_triton.triton_experts(x, w, ids, w13, w2, impl if isinstance(impl, dict) else None)
 
-    tokens = (1, 5, 40) if SMOKE else (1, 16, 64, 4096)
+    tokens = (1, 2, 5, 40) if SMOKE else (1, 2, 16, 64, 4096)
     xs = {t: torch.randn(t, HID, device=DEV, generator=g, dtype=torch.bfloat16) for t in tokens}
     # fp32 oracle: one fp32 copy of the weights (22 GB at real dims), freed before timing.
     check = []
@@ -285,6 +288,9 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         row["ours_auto_ms"] = timed(lambda: ours(x, "auto"))
         if t <= 64:
             row["ours_auto_graph_ms"] = timed(lambda: ours(x, "auto"), graph=True)
+            row["ours_triton_graph_ms"] = timed(lambda: ours(x, "triton"), graph=True)
+        if t <= 16:  # the per-token GEMV path (auto picks it up to moe_decode.MAX_TOKENS tokens)
+            row["ours_gemv_graph_ms"] = timed(lambda: ours(x, "gemv"), graph=True)
         if tf_block is not None:
             row["transformers_ms"] = timed(lambda: tf_block(x[None]))
         best = min((v for key, v in row.items() if key.startswith("ours_") and not math.isnan(v)),
@@ -296,6 +302,12 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
             row["speedup_vs_transformers"] = row["transformers_ms"] / best
         table.append(row)
         print(row, flush=True)
+        if sweep and t <= 2:
+            for cfg in ((16, 512, 4, 3), (8, 512, 4, 3), (32, 256, 4, 3), (16, 256, 4, 4), (16, 1024, 8, 3),
+                        (8, 1024, 4, 2), (4, 1024, 4, 3), (32, 512, 8, 3), (64, 128, 4, 4)):
+                sweep_rows.append(dict(tokens=t, gemv=str(cfg), graph=True,
+                                       ms=timed(lambda: ours(x, cfg), graph=True)))
+                print("sweep", sweep_rows[-1], flush=True)
         if sweep and (t in (1, 4096) or SMOKE):
             cands = ([dict(BM=16, BN=n, BK=kk, GROUP_M=1, num_warps=4, num_stages=s)
                       for n, kk, s in ((128, 64, 5), (64, 64, 4), (64, 128, 3), (32, 128, 3), (32, 64, 4),

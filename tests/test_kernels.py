@@ -134,6 +134,11 @@ def test_decode_in_place_matches_reference(dtype: torch.dtype, triton_backend: N
     # The state update is fp32 in the kernel whatever the input dtype: only the kᵀv product may round.
     assert rel(states[slots], s64) <= 1e-5
     assert torch.equal(states[[1, 3]], states0[[1, 3]])
+    # Every value block width (decode_config picks 16 at small batches, 64 at large) gives the same step.
+    for block_e in (16, DIM):
+        st = states0.clone()
+        o_b = lightning_triton.decode(q, k, v, decay, st, slots, block_e=block_e)
+        assert rel(o_b, o) <= 1e-6 and torch.equal(st, states), block_e
 
 
 def test_prefill_then_decode_equals_longer_prefill(triton_backend: None) -> None:

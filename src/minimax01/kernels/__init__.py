@@ -13,7 +13,7 @@ import os
 import torch
 
 from minimax01.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax01.kernels.moe_ref import experts_dense, experts_ref
+from minimax01.kernels.moe_ref import experts_dense, experts_ref, route_ref
 
 _BACKENDS = ("auto", "torch", "triton")
 _backend = os.environ.get("MINIMAX01_KERNELS", "auto")
@@ -114,6 +114,19 @@ def lightning_decode(
     return o
 
 
+def moe_route(
+    logits: torch.Tensor,  # [T, E] router logits
+    top_k: int,
+    dtype: torch.dtype,  # of the returned weights (the model's)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing, SPEC §6: softmax in fp32, top-k, renormalised. Returns (weights [T, k], ids [T, k])."""
+    if use_triton(logits.device) and logits.dtype != torch.float64 and logits.shape[-1] <= 1024:
+        from minimax01.kernels import moe_decode
+
+        return moe_decode.route(logits, top_k, dtype)
+    return route_ref(logits, top_k, dtype)
+
+
 def moe_experts(
     x: torch.Tensor,  # [T, hidden]
     weights: torch.Tensor,  # [T, k] routing weights (model dtype)
@@ -127,6 +140,10 @@ def moe_experts(
         from minimax01.kernels import moe_triton
 
         if moe_triton.supported(x.shape[1], w2.shape[2]):
+            from minimax01.kernels import moe_decode
+
+            if x.shape[0] <= moe_decode.MAX_TOKENS:  # weight streaming without the sort (decode, small batch)
+                return moe_decode.gemv_experts(x, weights, ids, w13, w2)
             return moe_triton.experts(x, weights, ids, w13, w2)
     if x.is_cuda and torch.cuda.is_current_stream_capturing():  # experts_ref syncs (unique, nonzero)
         return experts_dense(x, weights, ids, w13, w2)

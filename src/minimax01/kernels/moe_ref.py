@@ -6,6 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
+def route_ref(router_logits: torch.Tensor, top_k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax in fp32 -> top-k -> renormalise -> model dtype. Returns (weights [T, k], expert ids [T, k])."""
+    probs = F.softmax(router_logits, dim=-1, dtype=torch.float32 if router_logits.dtype != torch.float64 else None)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights.to(dtype), ids
+
+
 def experts_ref(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: torch.Tensor,
                 w2: torch.Tensor) -> torch.Tensor:
     """Reference expert mixture: Σ_k w_k · w2(silu(w1 x) ⊙ w3 x). x [T, H] -> [T, H]. Loops over experts

@@ -8,7 +8,6 @@ GEMM kernels see one tensor, but `state_dict()` exposes the original per-expert 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minimax01 import kernels
@@ -16,11 +15,9 @@ from minimax01.config import MiniMaxConfig
 
 
 def route(router_logits: torch.Tensor, top_k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax in fp32 -> top-k -> renormalise -> model dtype. Returns (weights [T, k], expert ids [T, k])."""
-    probs = F.softmax(router_logits, dim=-1, dtype=torch.float32 if router_logits.dtype != torch.float64 else None)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights.to(dtype), ids
+    """softmax in fp32 -> top-k -> renormalise -> model dtype (kernels.moe_route). Returns (weights [T, k],
+    expert ids [T, k])."""
+    return kernels.moe_route(router_logits, top_k, dtype)
 
 
 class MoEExperts(nn.Module):
