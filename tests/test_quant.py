@@ -1,13 +1,10 @@
-"""int8 weight-only quantization: the quantizer, Int8Linear / int8 experts, the w8a16 kernels (Triton under
-TRITON_INTERPRET=1 against the torch reference), int8 checkpoints, memory and accuracy on the tiny model."""
+"""int8 weight-only quantization: the quantizer, Int8Linear / int8 experts, int8 checkpoints, memory and accuracy
+on the tiny model. The Triton int8 kernels are tested in test_quant_kernels.py."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -19,16 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from minimax01 import kernels, quant
+from minimax01 import quant
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError
 from minimax01.kernels.moe_ref import experts_ref
-from minimax01.kernels.w8a16 import (
-    TRITON_MAX_M,
-    dequantize,
-    moe_experts_int8,
-    w8a16_linear_ref,
-)
+from minimax01.kernels.w8a16 import dequantize
 from minimax01.model.model import MiniMaxForCausalLM
 from minimax01.model.moe import MoEExperts
 from minimax01.quant import (
@@ -38,7 +30,6 @@ from minimax01.quant import (
     quantize_,
     quantize_weight,
 )
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -258,87 +249,3 @@ def test_int8_checkpoint_errors(tiny: MiniMaxForCausalLM, tmp_path: Path) -> Non
         MiniMaxForCausalLM.from_pretrained(tmp_path, progress=False)
     with pytest.raises(ConfigError, match="int4"):
         MiniMaxForCausalLM.from_pretrained(tmp_path, quantize="int4", progress=False)
-
-
-# ----------------------------------------------------------------------------------------------- Triton
-needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="runs under TRITON_INTERPRET=1 "
-                                       "(test_triton_kernels_under_interpreter starts that run)")
-
-
-@pytest.fixture
-def triton_backend() -> None:
-    pytest.importorskip("triton")
-    kernels.set_backend("triton")
-    yield
-    kernels.set_backend(os.environ.get("MINIMAX01_KERNELS", "auto"))
-
-
-@needs_interpreter
-# The only error left is the output's rounding to nearest, at most half an ulp (2^-8 relative for bf16, 2^-11
-# for fp16) per element, so also in norm; fp32 accumulation-order differences are 1e-6 of that.
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -11)])
-@pytest.mark.parametrize("M,N,K", [(1, 48, 80), (5, 64, 128), (17, 40, 96), (64, 32, 64)])
-def test_triton_interp_w8a16_matches_reference(triton_backend: None, dtype: torch.dtype, tol: float,
-                                               M: int, N: int, K: int) -> None:
-    from minimax01.kernels.w8a16 import w8a16_linear_triton
-
-    g = torch.Generator().manual_seed(M * N + K)
-    x = torch.randn(M, K, generator=g).to(dtype)
-    q, scale = quantize_weight(torch.randn(N, K, generator=g))
-    y = w8a16_linear_triton(x, q, scale)
-    ref = w8a16_linear_ref(x.double(), q, scale.double())  # exact products of the same int8/bf16 inputs
-    assert y.dtype == dtype and bool(torch.isfinite(y).all())
-    assert float((y.double() - ref).norm() / ref.norm()) < tol
-
-
-@needs_interpreter
-def test_triton_interp_dispatch(triton_backend: None) -> None:
-    g = torch.Generator().manual_seed(5)
-    lin = Int8Linear(*quantize_weight(torch.randn(24, 32, generator=g)))
-    x = torch.randn(3, 32, generator=g).bfloat16()
-    torch.testing.assert_close(lin(x), w8a16_linear_ref(x, lin.weight, lin.weight_scale), rtol=2e-2, atol=2e-2)
-    big = torch.randn(TRITON_MAX_M + 1, 32, generator=g).bfloat16()  # above the kernel's rows: torch path
-    torch.testing.assert_close(lin(big), w8a16_linear_ref(big, lin.weight, lin.weight_scale), rtol=0, atol=0)
-
-
-@needs_interpreter
-@pytest.mark.parametrize("T", [1, 6, 40])
-def test_triton_interp_grouped_moe(triton_backend: None, T: int) -> None:
-    from minimax01.kernels.moe_triton import triton_experts
-
-    g = torch.Generator().manual_seed(T)
-    E, H, inter = 4, 32, 48  # inter not a multiple of the column tile: masked columns
-    w13, s13 = quantize_weight(torch.randn(E, 2 * inter, H, generator=g) / H ** 0.5)
-    w2, s2 = quantize_weight(torch.randn(E, H, inter, generator=g) / inter ** 0.5)
-    ids = torch.stack([torch.randperm(E - 1, generator=g)[:2] for _ in range(T)])  # expert E-1 gets no rows
-    weights = torch.rand(T, 2, generator=g).bfloat16()
-    x = torch.randn(T, H, generator=g).bfloat16()
-    out = moe_experts_int8(x, weights, ids, w13, w2, s13, s2)  # the dispatch picks the grouped kernels here
-    torch.testing.assert_close(out, triton_experts(x, weights, ids, w13, w2, w13_scale=s13, w2_scale=s2),
-                               rtol=0, atol=0)
-    ref = experts_ref(x.double(), weights.double(), ids, dequantize(w13, s13, torch.float64),
-                      dequantize(w2, s2, torch.float64))
-    # bf16 roundings of the SwiGLU activation and of each expert's output (2^-8 each, relative) then the sum;
-    # a scale of the wrong row or expert is off by the spread of the rows' absmax (~20 %), far above 1e-2.
-    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
-    # Narrow column tiles (3 blocks of the 48 w1/w3 columns, 2 of the 32 w2 rows): each block must read the
-    # scales of its own columns, and w3's start I rows after w1's.
-    narrow = dict(BM=16, BN=16, BK=32, GROUP_M=2, num_warps=4, num_stages=1)
-    out = triton_experts(x, weights, ids, w13, w2, narrow, w13_scale=s13, w2_scale=s2)
-    assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
-    with pytest.raises(ValueError, match="both"):
-        triton_experts(x, weights, ids, w13, w2, w13_scale=s13)
-
-
-def test_triton_kernels_under_interpreter() -> None:
-    """Runs the Triton tests above in a child process with TRITON_INTERPRET=1 (the interpreter must be
-    chosen before triton compiles the kernel, i.e. before minimax01.kernels.w8a16 is imported)."""
-    pytest.importorskip("triton")
-    if INTERPRET:
-        pytest.skip("this process already runs under the interpreter")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-k", "triton_interp",
-                        "-p", "no:cacheprovider"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = r.stdout.strip().splitlines()[-1]
-    assert "12 passed" in summary and "skipped" not in summary, summary  # all ran, none skipped
