@@ -80,3 +80,24 @@ def test_dispatch_takes_the_gemv_path_for_few_tokens(tokens: int, triton_backend
     x, w, ids, w13, w2 = expert_case(tokens, torch.bfloat16, seed=10 + tokens)
     ref64 = experts_ref(*[a.double() if a.is_floating_point() else a for a in (x, w, ids, w13, w2)])
     assert rel(kernels.moe_experts(x, w, ids, w13, w2), ref64) <= 2 * rel(experts_ref(x, w, ids, w13, w2), ref64)
+
+
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_int8_gemv_experts_match_dequantized_reference(tokens: int, triton_backend: None) -> None:
+    """int8 experts (quant.py's per-row scales) through the GEMVs == experts_ref on the dequantized weights in
+    fp64, to the kernel's two bf16 roundings (activation, output: 2^-8 relative each); a scale applied to the
+    wrong row or expert moves the result by the spread of the rows' absmax (~20 %)."""
+    from minimax01.kernels.w8a16 import dequantize, moe_experts_int8
+    from minimax01.quant import quantize_weight
+
+    x, w, ids, w13, w2 = expert_case(tokens, torch.bfloat16, seed=20 + tokens)
+    (q13, s13), (q2, s2) = quantize_weight(w13.float().cpu()), quantize_weight(w2.float().cpu())
+    q13, s13, q2, s2 = (t.to(DEV) for t in (q13, s13, q2, s2))
+    ref = experts_ref(x.double(), w.double(), ids, dequantize(q13, s13, torch.float64),
+                      dequantize(q2, s2, torch.float64))
+    out = moe_experts_int8(x, w, ids, q13, q2, s13, s2)  # the dispatch takes the GEMVs at <= 2 tokens
+    torch.testing.assert_close(out, moe_decode.gemv_experts(x, w, ids, q13, q2, s13, s2), rtol=0, atol=0)
+    assert rel(out, ref) <= 1e-2
+    assert rel(moe_decode.gemv_experts(x, w, ids, q13, q2, s13.flip(1), s2), ref) > 5e-2
+    with pytest.raises(ValueError, match="both"):
+        moe_decode.gemv_experts(x, w, ids, q13, q2, s13)

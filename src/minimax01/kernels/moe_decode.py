@@ -53,8 +53,9 @@ def _route_kernel(logits_ptr, w_ptr, ids_ptr, stride_lt, E: tl.constexpr, EP: tl
 
 
 @triton.jit
-def _up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, N, K, stride_xt, stride_we, stride_wn, stride_at,
-                    TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, INTERPRET: tl.constexpr):
+def _up_gemv_kernel(x_ptr, w_ptr, s_ptr, ids_ptr, act_ptr, N, K, stride_xt, stride_we, stride_wn, stride_se,
+                    stride_at, TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, INT8_W: tl.constexpr,
+                    INTERPRET: tl.constexpr):
     a = tl.program_id(0)  # assignment t·k + j
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     nmask = offs_n < N
@@ -69,25 +70,32 @@ def _up_gemv_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, N, K, stride_xt, stride_we, 
         xk = tl.load(x_row + offs_k).to(tl.float32)[None, :]
         acc1 += tl.sum(tl.load(w1_rows + offs_k[None, :], mask=nmask[:, None], other=0.0).to(tl.float32) * xk, 1)
         acc3 += tl.sum(tl.load(w3_rows + offs_k[None, :], mask=nmask[:, None], other=0.0).to(tl.float32) * xk, 1)
+    if INT8_W:  # per-output-channel scales of the int8 rows, applied once after the K loop
+        acc1 *= tl.load(s_ptr + e * stride_se + offs_n, mask=nmask, other=0.0)
+        acc3 *= tl.load(s_ptr + e * stride_se + N + offs_n, mask=nmask, other=0.0)
     act = acc1 / (1.0 + tl.exp(-acc1)) * acc3  # silu(w1·x) ⊙ w3·x
     tl.store(act_ptr + a * stride_at + offs_n, cast(act, act_ptr.dtype.element_ty, INTERPRET), mask=nmask)
 
 
 @triton.jit
-def _down_gemv_kernel(act_ptr, w_ptr, ids_ptr, rw_ptr, y_ptr, N, K, stride_at, stride_we, stride_wn, stride_yt,
-                      TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, INTERPRET: tl.constexpr):
+def _down_gemv_kernel(act_ptr, w_ptr, s_ptr, ids_ptr, rw_ptr, y_ptr, N, K, stride_at, stride_we, stride_wn,
+                      stride_se, stride_yt, TOPK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      INT8_W: tl.constexpr, INTERPRET: tl.constexpr):
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     nmask = offs_n < N
     y = tl.zeros((BN,), dtype=tl.float32)
     for j in tl.static_range(TOPK):  # the token's k experts, combined in fp32
         a = t * TOPK + j
-        w_rows = w_ptr + tl.load(ids_ptr + a).to(tl.int64) * stride_we + offs_n[:, None] * stride_wn
+        e = tl.load(ids_ptr + a).to(tl.int64)
+        w_rows = w_ptr + e * stride_we + offs_n[:, None] * stride_wn
         acc = tl.zeros((BN,), dtype=tl.float32)
         for k0 in range(0, K, BK):
             offs_k = k0 + tl.arange(0, BK)
             ak = tl.load(act_ptr + a * stride_at + offs_k).to(tl.float32)[None, :]
             acc += tl.sum(tl.load(w_rows + offs_k[None, :], mask=nmask[:, None], other=0.0).to(tl.float32) * ak, 1)
+        if INT8_W:
+            acc *= tl.load(s_ptr + e * stride_se + offs_n, mask=nmask, other=0.0)
         y += acc * tl.load(rw_ptr + a).to(tl.float32)
     tl.store(y_ptr + t * stride_yt + offs_n, cast(y, y_ptr.dtype.element_ty, INTERPRET), mask=nmask)
 
@@ -107,14 +115,17 @@ def gemv_experts(
     x: torch.Tensor,  # [T, hidden], T small
     weights: torch.Tensor,  # [T, k]
     ids: torch.Tensor,  # [T, k]
-    w13: torch.Tensor,  # [E, 2I, hidden]
+    w13: torch.Tensor,  # [E, 2I, hidden], 16-bit or int8
     w2: torch.Tensor,  # [E, hidden, I]
+    w13_scale: torch.Tensor | None = None,  # [E, 2I] fp32 per-row scales of int8 weights (quant.py)
+    w2_scale: torch.Tensor | None = None,  # [E, hidden]
     block_n: int = 16,
     block_k: int = 512,
     num_warps: int = 4,
     num_stages: int = 3,
 ) -> torch.Tensor:
-    """Σ_j weights[:, j] · w2(silu(w1 x) ⊙ w3 x) by per-token GEMVs. Returns [T, hidden] in x.dtype."""
+    """Σ_j weights[:, j] · w2(silu(w1 x) ⊙ w3 x) by per-token GEMVs. Returns [T, hidden] in x.dtype. int8
+    weights (with both scales) are widened in registers; the int8 -> fp32 conversion is exact."""
     T, hidden = x.shape
     topk = ids.shape[1]
     inter = w13.shape[1] // 2
@@ -123,14 +134,22 @@ def gemv_experts(
         raise ValueError(f"hidden ({hidden}) and intermediate ({inter}) must be multiples of 16")
     if w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("expert weights need a contiguous last dim")
+    int8 = w13_scale is not None
+    if int8 != (w2_scale is not None):
+        raise ValueError("int8 experts need both w13_scale and w2_scale")
+    if int8:
+        w13_scale, w2_scale = w13_scale.contiguous(), w2_scale.contiguous()
     x, ids, weights = x.contiguous(), ids.contiguous(), weights.contiguous()
     interpret = interpreting()
     act = torch.empty(T * topk, inter, dtype=x.dtype, device=x.device)
     _up_gemv_kernel[(T * topk, triton.cdiv(inter, block_n))](
-        x, w13, ids, act, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOPK=topk, BN=block_n, BK=bk_up, INTERPRET=interpret, num_warps=num_warps, num_stages=num_stages)
+        x, w13, w13_scale, ids, act, inter, hidden, x.stride(0), w13.stride(0), w13.stride(1),
+        w13_scale.stride(0) if int8 else 0, act.stride(0),
+        TOPK=topk, BN=block_n, BK=bk_up, INT8_W=int8, INTERPRET=interpret, num_warps=num_warps, num_stages=num_stages)
     y = torch.empty(T, hidden, dtype=x.dtype, device=x.device)
     _down_gemv_kernel[(T, triton.cdiv(hidden, block_n))](
-        act, w2, ids, weights, y, hidden, inter, act.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
-        TOPK=topk, BN=block_n, BK=bk_down, INTERPRET=interpret, num_warps=num_warps, num_stages=num_stages)
+        act, w2, w2_scale, ids, weights, y, hidden, inter, act.stride(0), w2.stride(0), w2.stride(1),
+        w2_scale.stride(0) if int8 else 0, y.stride(0),
+        TOPK=topk, BN=block_n, BK=bk_down, INT8_W=int8, INTERPRET=interpret, num_warps=num_warps,
+        num_stages=num_stages)
     return y

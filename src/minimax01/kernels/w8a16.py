@@ -47,7 +47,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from minimax01.kernels import moe_triton
+    from minimax01.kernels import moe_decode, moe_triton
     from minimax01.kernels.lightning_triton import cast, dot, interpreting
     from minimax01.kernels.moe_triton import _widen
 
@@ -139,6 +139,8 @@ def moe_experts_int8(
     if (use_triton(x.device) and x.dtype in _TRITON_DTYPES and x.shape[0]
             and ids.numel() < moe_triton.GROUPED_MM_MIN_ROWS_PER_EXPERT * w13.shape[0]
             and moe_triton.supported(w13.shape[2], w2.shape[2])):
+        if x.shape[0] <= moe_decode.MAX_TOKENS:  # no sort: per-token GEMVs (kernels/moe_decode.py)
+            return moe_decode.gemv_experts(x, weights, ids, w13, w2, w13_scale, w2_scale)
         return moe_triton.triton_experts(x, weights, ids, w13, w2, w13_scale=w13_scale, w2_scale=w2_scale)
     return moe_experts_int8_torch(x, weights, ids, w13, w2, w13_scale, w2_scale)
 
