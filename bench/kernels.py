@@ -1,7 +1,8 @@
 """Kernel benchmarks, side by side in one process (issue 9): lightning prefill / decode vs fla-core and torch,
-MoE experts vs transformers' MiniMaxSparseMoeBlock (grouped_mm), each against the roofline measured here.
+MoE experts vs transformers' MiniMaxSparseMoeBlock (grouped_mm), the fused small ops (RMSNorm, norm + gate,
+RoPE, SiLU·mul) vs their torch twins, each against the roofline measured here.
 
-    PYTHONPATH=src python bench/kernels.py [--only prefill,decode,moe] [--sweep]
+    PYTHONPATH=src python bench/kernels.py [--only prefill,decode,moe,fused] [--sweep]
 
 Writes bench/results/kernels-<date>.{json,md} (and copies under $OUT). `--smoke` runs tiny shapes on the
 CPU under TRITON_INTERPRET=1 to check the script itself (no timings).
@@ -14,6 +15,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from common import bench, bench_graph, environment, rel_err, roofline, write_results  # noqa: E402
 
 from minimax01 import kernels  # noqa: E402
+from minimax01.kernels import fused_ops  # noqa: E402
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
 from minimax01.kernels import moe_decode, moe_triton  # noqa: E402
 from minimax01.kernels.lightning_ref import (  # noqa: E402
@@ -35,7 +38,9 @@ from minimax01.kernels.lightning_ref import (  # noqa: E402
     lightning_prefill_ref,
 )
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
+from minimax01.model.attention import apply_partial_rope, rope_inv_freq  # noqa: E402
 from minimax01.model.moe import route  # noqa: E402
+from minimax01.model.norm import rms_norm, rms_norm_gate  # noqa: E402
 
 DEV = torch.device("cpu" if SMOKE else "cuda")
 H, D = (4, 32) if SMOKE else (64, 128)
@@ -342,9 +347,80 @@ def transformers_moe(E, HID, INTER, gate, w13, w2):
     return block.eval()
 
 
+# ------------------------------------------------------------------------------------------- fused small ops
+
+
+def fused_cases(t: int):
+    """(op, fused fn, torch twin fn, check fn -> (fused out, twin out), bytes the fused kernel must move) at
+    T = t tokens, bf16: RMSNorm (hidden 6144), lightning norm + gate (inner 8192), RoPE on q and k (64 / 8 heads
+    of 128, rotary dim 64; in place: only the rotary dims are read and written) and SiLU·mul (I = 9216)."""
+    hidden, inner, inter = (200, 200, 96) if SMOKE else (6144, 8192, 9216)
+    heads, kv_heads, rd = (4, 2, 16) if SMOKE else (64, 8, 64)
+    g = torch.Generator(device=DEV).manual_seed(t)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, device=DEV, generator=g, dtype=torch.bfloat16) * scale + shift
+
+    x, w_hidden = randn(t, hidden), randn(hidden, scale=0.2, shift=1.0)
+    o, gate, w_inner = randn(t, inner, scale=1e-2), randn(t, inner, scale=4.0), randn(inner, scale=0.2, shift=1.0)
+    q, k = randn(t, heads, D), randn(t, kv_heads, D)
+    # Positions up to 1 M: CUDA's cosf / sinf take their slow (Payne-Hanek) argument reduction above
+    # |angle| ≈ 1e5, i.e. for the lowest frequencies past 100 K tokens; below 64 K they never do.
+    pos_by_range = {span: torch.randint(0, hi, (t,), device=DEV, generator=g)
+                    for span, hi in (("< 64 K", 1 << 16), ("< 1 M", 1 << 20))}
+    inv_freq = rope_inv_freq(rd, 1e7).to(DEV)
+    h = randn(t, 2 * inter, scale=3.0)
+
+    def twin_rope(pos):  # the model before the fusion: two out-of-place rotations
+        return apply_partial_rope(q, pos, inv_freq), apply_partial_rope(k, pos, inv_freq)
+
+    def check_rope(pos):
+        qf, kf = q.clone(), k.clone()
+        fused_ops.rope_(qf, kf, pos, inv_freq)
+        return torch.cat([qf.flatten(), kf.flatten()]), torch.cat([r.flatten() for r in twin_rope(pos)])
+
+    def both(ours, twin):
+        return lambda: (ours(), twin())
+
+    norm, norm_twin = partial(fused_ops.rms_norm, x, w_hidden, 1e-5), partial(rms_norm, x, w_hidden, 1e-5)
+    gated = partial(fused_ops.rms_norm_gate, o, gate, w_inner, 1e-6)
+    gated_twin = partial(rms_norm_gate, o, gate, w_inner, 1e-6)
+    silu, silu_twin = partial(fused_ops.silu_mul, h), partial(kernels.silu_mul_ref, h)
+    yield f"rms_norm {hidden}", norm, norm_twin, both(norm, norm_twin), (2 * t + 1) * hidden * 2
+    yield f"rms_norm + gate {inner}", gated, gated_twin, both(gated, gated_twin), (3 * t + 1) * inner * 2
+    for span, pos in pos_by_range.items():
+        yield (f"rope q {heads}x{D} + k {kv_heads}x{D}, rotary {rd}, positions {span}",
+               partial(fused_ops.rope_, q, k, pos, inv_freq), partial(twin_rope, pos), partial(check_rope, pos),
+               2 * t * (heads + kv_heads) * rd * 2 + t * 8)
+    if t > 1:  # the grouped_mm expert path it serves runs from 64 rows per expert
+        yield f"silu_mul I={inter}", silu, silu_twin, both(silu, silu_twin), 3 * t * inter * 2
+
+
+def fused_section(roof: dict, sweep: bool, rows: dict) -> None:
+    """Fused Triton kernels vs the model's torch twins run eagerly (and both from a CUDA graph at T = 1,
+    where a decode step replays them); GB/s from the bytes the fused kernel must move."""
+    table = []
+    for t in ((1, 5) if SMOKE else (1, 64, 4096)):
+        for op, ours, twin, check, nbytes in fused_cases(t):
+            out, ref = check()
+            row = dict(op=op, tokens=t, bytes_floor_ms=nbytes / (roof["copy_gbps"] * 1e6),
+                       err_vs_twin=rel_err(out, ref), bit_equal_frac=float((out == ref).float().mean()))
+            row["fused_ms"] = timed(ours)
+            row["torch_eager_ms"] = timed(twin)
+            if t == 1:
+                row["fused_graph_ms"] = timed(ours, graph=True)
+                row["torch_graph_ms"] = timed(twin, graph=True)
+            row["fused_GB_s"] = nbytes / row["fused_ms"] / 1e6
+            row["fused_frac_of_copy_bw"] = row["fused_GB_s"] / roof["copy_gbps"]
+            row["speedup_vs_torch_eager"] = row["torch_eager_ms"] / row["fused_ms"]
+            table.append(row)
+            print(row, flush=True)
+    rows["fused small ops, bf16: Triton vs the torch twin"] = table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="prefill,decode,moe")
+    ap.add_argument("--only", default="prefill,decode,moe,fused")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
@@ -355,7 +431,9 @@ def main() -> None:
     rows: dict = {}
     with torch.inference_mode():
         for name in args.only.split(","):
-            {"prefill": prefill_section, "decode": decode_section, "moe": moe_section}[name](roof, args.sweep, rows)
+            sections = {"prefill": prefill_section, "decode": decode_section, "moe": moe_section,
+                        "fused": fused_section}
+            sections[name](roof, args.sweep, rows)
     meta = {**environment(), **roof, "wall_s": round(time.time() - t0, 1)}
     if not SMOKE:
         name = "kernels" if args.only == ap.get_default("only") else "kernels-" + args.only.replace(",", "-")

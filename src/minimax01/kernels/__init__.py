@@ -187,5 +187,68 @@ def paged_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return out
 
 
+# ------------------------------------------------------------------ fused small ops (fused_ops.py)
+# The torch twins are the model's own functions (model/norm.py, model/attention.py), imported at call time
+# because the model imports this module.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., N], weight [N] -> weight · x / rms(x) [..., N], rounded like model.norm.rms_norm."""
+    if use_triton(x.device):
+        from minimax01.kernels import fused_ops
+
+        if fused_ops.supported(x, weight, width=x.shape[-1]):
+            return fused_ops.rms_norm(x, weight, eps)
+    from minimax01.model import norm
+
+    return norm.rms_norm(x, weight, eps)
+
+
+def rms_norm_gate(x: torch.Tensor, gate_logits: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x, gate_logits [T, N], weight [N] -> sigmoid(gate_logits) · rms_norm(x) [T, N]: the lightning layer's
+    output norm and gate (SPEC §3.6) in one pass on Triton."""
+    if use_triton(x.device):
+        from minimax01.kernels import fused_ops
+
+        if fused_ops.supported(x, gate_logits, weight, width=x.shape[-1]):
+            return fused_ops.rms_norm_gate(x, gate_logits, weight, eps)
+    from minimax01.model import norm
+
+    return norm.rms_norm_gate(x, gate_logits, weight, eps)
+
+
+def rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> None:
+    """Partial RoPE in place on q [T, H, D] and k [T, KVH, D] at positions [T]: the first 2·len(inv_freq) dims
+    rotate (half-split pairs, fp32), the others are not touched. Triton rotates q and k in one launch; the
+    reference runs model.attention.apply_partial_rope on each."""
+    positions = positions.to(q.device)  # no-op (and no sync) where the caller keeps them on the device
+    if use_triton(q.device):
+        from minimax01.kernels import fused_ops
+
+        if fused_ops.supported(q, k):
+            fused_ops.rope_(q, k, positions, inv_freq)
+            return
+    from minimax01.model.attention import apply_partial_rope
+
+    rd = 2 * inv_freq.numel()
+    for x in (q, k):
+        x[..., :rd] = apply_partial_rope(x[..., :rd], positions, inv_freq)
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """h [T, 2I] = [w1 x | w3 x] -> silu(w1 x) ⊙ w3 x [T, I] (the experts' SwiGLU)."""
+    if use_triton(h.device):
+        from minimax01.kernels import fused_ops
+
+        if fused_ops.supported(h):
+            return fused_ops.silu_mul(h)
+    return silu_mul_ref(h)
+
+
+def silu_mul_ref(h: torch.Tensor) -> torch.Tensor:
+    """Torch twin of silu_mul (the expression of moe_ref.experts_ref)."""
+    inter = h.shape[-1] // 2
+    return torch.nn.functional.silu(h[..., :inter]) * h[..., inter:]
+
 # int8 weight-only ops (quant.py); imported last because w8a16 uses use_triton() from this module.
 from minimax01.kernels.w8a16 import moe_experts_int8, w8a16_linear  # noqa: E402,F401

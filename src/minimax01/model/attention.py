@@ -121,8 +121,9 @@ class SoftmaxAttention(nn.Module):
         # x: [T, hidden]; kv_pos: [T] flat cache positions where this step's keys/values are written
         T = x.shape[0]
         inv_freq = self.inv_freq(x.device)
-        q = apply_partial_rope(self.q_proj(x).view(T, self.num_heads, self.head_dim), batch.positions, inv_freq)
-        k = apply_partial_rope(self.k_proj(x).view(T, self.num_kv_heads, self.head_dim), batch.positions, inv_freq)
+        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
+        kernels.rope_(q, k, batch.positions, inv_freq)  # in place: q and k are this step's own projections
         v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
         li = store.full_index[self.layer_idx]
         k_pool = store.k_cache[li].view(-1, self.num_kv_heads, self.head_dim)  # [blocks*block_size, KVH, D]

@@ -47,6 +47,6 @@ class LightningAttention(nn.Module):
         else:
             o = kernels.lightning_prefill(q, k, v, decay, batch.cu_seqlens, states, batch.slots, self.block,
                                           cu_seqlens_t=batch.cu_seqlens_t, slots_t=batch.slots_t)
-        o = self.norm(o.reshape(T, -1))  # one RMSNorm over all heads jointly: [T, H*D]
-        o = torch.sigmoid(self.output_gate(x)) * o
+        # One RMSNorm over all heads jointly, then the sigmoid gate, fused on Triton: [T, H*D]
+        o = self.norm.gated(o.reshape(T, -1), self.output_gate(x))
         return self.out_proj(o)

@@ -110,6 +110,10 @@ class ShardedRMSNorm(RMSNorm):
         normed = xf * torch.rsqrt(sum_sq / self.full_dim + self.eps)
         return self.weight * normed.to(x.dtype)
 
+    def gated(self, x: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+        # The fused kernel's statistics would cover this rank's slice only: all-reduced norm, then the gate.
+        return torch.sigmoid(gate_logits) * self(x)
+
 
 class ShardedMoE(nn.Module):
     """`block_sparse_moe` holding experts [first, first + n) (and possibly a slice of each): routes every token
