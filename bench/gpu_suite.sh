@@ -13,8 +13,9 @@ fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} OMP_NUM_THREADS=1 MINIMAX01_CACHE_DIR=/tmp/mm01cache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # A failed CUDA-graph capture (eager fallback + RuntimeWarning) fails the run.
-python3 -m pytest -q -p no:cacheprovider -W "error:CUDA-graph capture failed:RuntimeWarning" tests/test_kernels.py tests/test_paged_attention.py tests/test_engine.py \
-  tests/test_generation.py tests/test_cli.py tests/test_longctx.py 2>&1 | tail -25
+python3 -m pytest -q -p no:cacheprovider -W "error:CUDA-graph capture failed:RuntimeWarning" tests/test_kernels.py tests/test_paged_attention.py tests/test_moe_decode.py \
+  tests/test_fused_ops.py tests/test_quant_kernels.py tests/test_quant.py tests/test_engine.py tests/test_generation.py \
+  tests/test_cli.py tests/test_longctx.py 2>&1 | tail -25
 for g in 1 0; do
   MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \
     --temperature 0 > /tmp/gen$g.txt
