@@ -308,8 +308,8 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         table.append(row)
         print(row, flush=True)
         if sweep and t <= 2:
-            for cfg in ((16, 512, 4, 3), (8, 512, 4, 3), (32, 256, 4, 3), (16, 256, 4, 4), (16, 1024, 8, 3),
-                        (8, 1024, 4, 2), (4, 1024, 4, 3), (32, 512, 8, 3), (64, 128, 4, 4)):
+            for cfg in ((16, 512, 4, 3), (8, 1024, 4, 2), (4, 1024, 4, 3), (2, 1024, 4, 3), (4, 2048, 4, 3),
+                        (4, 1024, 8, 3), (4, 512, 4, 4), (2, 2048, 4, 2), (1, 2048, 4, 3)):
                 sweep_rows.append(dict(tokens=t, gemv=str(cfg), graph=True,
                                        ms=timed(lambda: ours(x, cfg), graph=True)))
                 print("sweep", sweep_rows[-1], flush=True)
