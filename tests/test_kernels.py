@@ -135,12 +135,12 @@ def test_decode_in_place_matches_reference(dtype: torch.dtype, triton_backend: N
     assert rel(states[slots], s64) <= 1e-5
     assert torch.equal(states[[1, 3]], states0[[1, 3]])
     # Every value block width (decode_config picks 16 at small batches, 64 at large) gives the same step: the
-    # state update is elementwise (equal), o's sum over D may be reduced in another order (fp32: 1e-6; then one
-    # rounding to bf16 may flip: 2^-8).
+    # state update is elementwise (the compiler may or may not fuse its multiply-add: 1 fp32 ulp, 1e-6), o's sum
+    # over D may be reduced in another order (fp32: 1e-6; then one rounding to bf16 may flip: 2^-8).
     for block_e in (16, DIM):
         st = states0.clone()
         o_b = lightning_triton.decode(q, k, v, decay, st, slots, block_e=block_e)
-        assert torch.equal(st, states), block_e
+        assert rel(st, states) <= 1e-6, block_e
         assert rel(o_b, o) <= (1e-6 if dtype == torch.float32 else 2**-8), block_e
 
 

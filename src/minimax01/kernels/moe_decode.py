@@ -119,7 +119,7 @@ def gemv_experts(
     w2: torch.Tensor,  # [E, hidden, I]
     w13_scale: torch.Tensor | None = None,  # [E, 2I] fp32 per-row scales of int8 weights (quant.py)
     w2_scale: torch.Tensor | None = None,  # [E, hidden]
-    block_n: int = 4,  # measured on an H100 at Text-01 dims, 1 token: 0.254 ms (4 rows) vs 0.281 (16) vs 0.47 (32)
+    block_n: int = 2,  # H100, Text-01 dims, 1 token, graph: 0.248 ms (2 rows), 0.253 (4), 0.281 (16), 0.47 (32)
     block_k: int = 1024,
     num_warps: int = 4,
     num_stages: int = 3,
