@@ -30,7 +30,7 @@ from minimax01.sampling import SamplingParams  # noqa: E402
 
 def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool) -> tuple[list[float], list[list[int]]]:
     """Step times (s) of `steps` pure decode steps of `batch` sequences, and the tokens each generated."""
-    engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + steps + 8,
+    engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + steps + batch + 8,
                        max_num_batched_tokens=max(prompt_len, 512), cuda_graphs=graphs)
     gen = torch.Generator().manual_seed(batch)
     ids = [engine.add_request(torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist(),
