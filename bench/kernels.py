@@ -253,6 +253,8 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
             return kernels.moe_experts(x, w, ids, w13, w2)
         if impl == "grouped_mm":
             return moe_triton.grouped_mm_experts(x, w, ids, w13, w2)
+        if impl == "cublas_loop":
+            return cublas_loop_experts(x, w, ids, w13, w2)
         if impl == "gemv" or isinstance(impl, tuple):  # tuple: (block_n, block_k, num_warps, num_stages)
             cfg = dict(zip(("block_n", "block_k", "num_warps", "num_stages"), impl)) if impl != "gemv" else {}
             return moe_decode.gemv_experts(x, w, ids, w13, w2, **cfg)
@@ -294,6 +296,8 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         if t <= 64:
             row["ours_auto_graph_ms"] = timed(lambda: ours(x, "auto"), graph=True)
             row["ours_triton_graph_ms"] = timed(lambda: ours(x, "triton"), graph=True)
+        if t >= 64:  # candidate for prefill: one dense cuBLAS GEMM per expert on its sorted rows (host sync)
+            row["cublas_loop_ms"] = timed(lambda: ours(x, "cublas_loop"))
         if t <= 16:  # the per-token GEMV path (auto picks it up to moe_decode.MAX_TOKENS tokens)
             row["ours_gemv_graph_ms"] = timed(lambda: ours(x, "gemv"), graph=True)
         if tf_block is not None:
@@ -327,6 +331,25 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
     rows[f"MoE experts + router, {E} experts {HID}->{INTER}, top-2, bf16"] = table
     if sweep_rows:
         rows["MoE Triton config sweep"] = sweep_rows
+
+
+def cublas_loop_experts(x, w, ids, w13, w2):
+    """Experiment: rows sorted by expert once, then per expert a dense [n, H] x [H, 2I] and [n, I] x [I, H]
+    cuBLAS GEMM on contiguous slices (one host sync for the counts)."""
+    T, k = ids.shape
+    inter = w13.shape[1] // 2
+    order, counts, _ = moe_triton.sort_by_expert(ids, w13.shape[0])
+    xs = x[order // k]
+    ys = torch.empty_like(xs)
+    lo = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            h = xs[lo:lo + n] @ w13[e].t()
+            ys[lo:lo + n] = kernels.silu_mul(h) @ w2[e].t()
+        lo += n
+    y = torch.empty_like(ys)
+    y[order] = ys * w.reshape(-1)[order, None]
+    return y.view(T, k, -1).sum(1)
 
 
 def transformers_moe(E, HID, INTER, gate, w13, w2):
