@@ -23,7 +23,15 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test, triton_backend  # noqa: F401
+from triton_harness import (  # noqa: F401
+    CUDA,
+    DEV,
+    only_where_kernels_run,
+    prefill_decode_logits,
+    rel,
+    relaunch_test,
+    triton_backend,
+)
 
 pytest.importorskip("triton")
 
@@ -144,17 +152,6 @@ def test_unsupported_operands_stay_on_the_twins(triton_backend: None) -> None:
 # ------------------------------------------------------------------ whole model: fused ops vs their twins
 
 
-def _logits(model, ids: torch.Tensor, mask: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """Logits of every real prompt token of a left-padded prefill and of each decode step: [tokens, vocab]."""
-    out = model(ids, attention_mask=mask)
-    got = [out.logits[mask.bool()]]
-    for t in range(steps.shape[1]):
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(steps[:, t:t + 1], attention_mask=mask, cache=out.cache)
-        got.append(out.logits[:, -1])
-    return torch.cat(got).double()
-
-
 def _spy(monkeypatch: pytest.MonkeyPatch, calls: dict[str, int], name: str) -> None:
     fn: Callable = getattr(fused_ops, name)
 
@@ -199,12 +196,12 @@ def test_tiny_model_logits_unchanged(dtype: torch.dtype, triton_backend: None,
     calls = dict.fromkeys(("rms_norm", "rms_norm_gate", "rope_"), 0)
     for name in calls:
         _spy(monkeypatch, calls, name)
-    fused = _logits(model, ids, mask, steps)
+    fused = prefill_decode_logits(model, ids, mask, steps)
     assert all(calls.values()), calls  # every fused op ran in the model
     monkeypatch.setattr(fused_ops, "supported", lambda *a, **k: False)
-    twins = _logits(model, ids, mask, steps)
+    twins = prefill_decode_logits(model, ids, mask, steps)
     if dtype == torch.float32:
         assert rel(fused, twins) <= (5e-3 if CUDA else 1e-5)
         return
-    ref = _logits(make_model(config).to(DEV), ids, mask, steps)  # fp64, on the twins
+    ref = prefill_decode_logits(make_model(config).to(DEV), ids, mask, steps)  # fp64, on the twins
     assert rel(fused, ref) <= 1.5 * rel(twins, ref)

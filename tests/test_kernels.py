@@ -17,7 +17,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test, triton_backend  # noqa: F401
+from triton_harness import (  # noqa: F401
+    CUDA,
+    DEV,
+    only_where_kernels_run,
+    prefill_decode_logits,
+    rel,
+    relaunch_test,
+    triton_backend,
+)
 
 pytest.importorskip("triton")
 
@@ -240,15 +248,9 @@ def _tiny_logits(model, ids: torch.Tensor, mask: torch.Tensor, steps: torch.Tens
     before = kernels.get_backend()
     kernels.set_backend(backend)
     try:
-        out = model(ids, attention_mask=mask)
-        got = [out.logits[mask.bool()]]
-        for t in range(steps.shape[1]):
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = model(steps[:, t:t + 1], attention_mask=mask, cache=out.cache)
-            got.append(out.logits[:, -1])
+        return prefill_decode_logits(model, ids, mask, steps)
     finally:
         kernels.set_backend(before)
-    return torch.cat(got).double()
 
 
 def test_tiny_model_through_the_kernels() -> None:

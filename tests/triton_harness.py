@@ -51,6 +51,19 @@ def triton_backend() -> Iterator[None]:
     kernels.set_backend(before)
 
 
+def prefill_decode_logits(model, ids: torch.Tensor, mask: torch.Tensor,  # noqa: ANN001
+                          steps: torch.Tensor) -> torch.Tensor:
+    """Logits of every real prompt token of a left-padded varlen prefill (`ids`, `mask` [B, n]) and of each
+    decode step (`steps` [B, s]) through the model's 2-D call: [tokens, vocab] fp64."""
+    out = model(ids, attention_mask=mask)
+    got = [out.logits[mask.bool()]]
+    for t in range(steps.shape[1]):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(steps[:, t:t + 1], attention_mask=mask, cache=out.cache)
+        got.append(out.logits[:, -1])
+    return torch.cat(got).double()
+
+
 def relaunch_test(test_file: str) -> Callable[[], None]:
     """The module's `test_relaunch_under_interpreter`: runs `test_file` under TRITON_INTERPRET=1."""
 
