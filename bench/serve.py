@@ -187,7 +187,10 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         vocab = (real_dims_config(args.preset, args.real_dims_layers) if args.real_dims_layers
                  else _config(args.model)).vocab_size
-        asyncio.run(run_level(url, "bench", 1, 2, args.prompt_len, args.max_tokens, vocab, seed=-1))  # warm-up
+        # Warm-up at every level: kernel compilation for new batch shapes and the capture of each decode batch
+        # size's CUDA graph happen here, not in the measured requests.
+        for c in args.concurrency:
+            asyncio.run(run_level(url, "bench", c, c, args.prompt_len, args.max_tokens, vocab, seed=-c))
         rows = []
         for c in args.concurrency:
             n = args.requests or max(2 * c, 8)
