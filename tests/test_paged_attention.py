@@ -208,6 +208,8 @@ def test_engine_decodes_through_the_runner(triton_backend: None) -> None:
     for graphs in (True, False):
         eng = LLMEngine(model, max_num_seqs=3, max_model_len=32, kv_block_size=4, cuda_graphs=graphs)
         assert (eng.graphs is not None) == graphs
+        if graphs and CUDA:  # every size captured at start: no request waits for a capture
+            assert sorted(eng.graphs.graphs) == list(eng.graphs.sizes)
         ids = [eng.add_request(p, SamplingParams(temperature=0.0, max_new_tokens=n))
                for p, n in zip(prompts, (4, 2))]
         outs: dict[str, list[int]] = {i: [] for i in ids}

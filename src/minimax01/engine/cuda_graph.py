@@ -115,6 +115,24 @@ class DecodeGraphRunner:
         pad[:3] = torch.tensor([0, 0, self.dummy], device=pad.device)[:, None]  # token 0 at position 0, dummy
         pad[3] = self.dummy_pos
 
+    def _ensure_graph(self, size: int) -> None:
+        if self.capture and size not in self.graphs:
+            try:
+                self._capture(size)  # before a step's inputs are written: capture runs on padding only
+            except RuntimeError as e:  # torch.AcceleratorError is a RuntimeError
+                # An op on this model's path syncs with the host (e.g. a torch-reference fallback for shapes
+                # the Triton kernels do not take): keep the same padded step, eagerly, from now on.
+                warnings.warn(f"CUDA-graph capture failed, decoding eagerly instead: {e}", RuntimeWarning)
+                self.capture = False
+                self.graphs.clear()
+
+    @torch.no_grad()
+    def capture_all(self) -> None:
+        """Captures every size's graph now (the engine does at start, as vLLM does), so that no request waits
+        for a capture — or for a first-time kernel compile of a decode batch shape — later."""
+        for size in self.sizes:
+            self._ensure_graph(size)
+
     @torch.no_grad()
     def run(self, tokens: torch.Tensor, batch: BatchInfo, logits_index: torch.Tensor | None = None
             ) -> torch.Tensor | None:
@@ -126,15 +144,7 @@ class DecodeGraphRunner:
         size = self.size_for(n)
         if size is None or not batch.is_decode or not kernels.use_triton(self.store.device):
             return None
-        if self.capture and size not in self.graphs:
-            try:
-                self._capture(size)  # before this step's inputs are written: capture runs on padding only
-            except RuntimeError as e:  # torch.AcceleratorError is a RuntimeError
-                # An op on this model's path syncs with the host (e.g. a torch-reference fallback for shapes
-                # the Triton kernels do not take): keep the same padded step, eagerly, from now on.
-                warnings.warn(f"CUDA-graph capture failed, decoding eagerly instead: {e}", RuntimeWarning)
-                self.capture = False
-                self.graphs.clear()
+        self._ensure_graph(size)
         kv_pos = self.store.prepare(batch)
         self.inputs[0, :n] = tokens
         self.inputs[1, :n] = batch.positions

@@ -148,6 +148,8 @@ class LLMEngine:
         self.store = model.new_store(max_num_seqs + extra, num_kv_blocks=num_kv_blocks + extra,
                                      kv_block_size=kv_block_size)
         self.graphs = DecodeGraphRunner(model, self.store, max_model_len) if extra else None
+        if self.graphs is not None:
+            self.graphs.capture_all()  # a no-op off CUDA (capture=False)
         self.scheduler = Scheduler(self.store, max_num_batched_tokens)
         self.sampler = Sampler()
         self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None
