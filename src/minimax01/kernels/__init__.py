@@ -13,7 +13,7 @@ import os
 import torch
 
 from minimax01.kernels.lightning_ref import lightning_decode_ref, lightning_prefill_ref
-from minimax01.kernels.moe_ref import experts_dense, experts_ref, route_ref
+from minimax01.kernels.moe_ref import experts_dense, experts_ref, route_ref, silu_mul_ref
 
 _BACKENDS = ("auto", "torch", "triton")
 _backend = os.environ.get("MINIMAX01_KERNELS", "auto")
@@ -244,11 +244,6 @@ def silu_mul(h: torch.Tensor) -> torch.Tensor:
             return fused_ops.silu_mul(h)
     return silu_mul_ref(h)
 
-
-def silu_mul_ref(h: torch.Tensor) -> torch.Tensor:
-    """Torch twin of silu_mul (the expression of moe_ref.experts_ref)."""
-    inter = h.shape[-1] // 2
-    return torch.nn.functional.silu(h[..., :inter]) * h[..., inter:]
 
 # int8 weight-only ops (quant.py); imported last because w8a16 uses use_triton() from this module.
 from minimax01.kernels.w8a16 import moe_experts_int8, w8a16_linear  # noqa: E402,F401

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from minimax01.kernels import triton_available, use_triton
+from minimax01.kernels.moe_ref import silu_mul_ref
 
 # Largest number of rows the Triton kernel takes. Above it the torch path wins: its cast costs 3 bytes per
 # weight (≈ 50 µs for 6144 x 8192 on an H100) on top of a cuBLAS GEMM that stays at the bf16 weight-read time
@@ -152,7 +153,6 @@ def moe_experts_int8_torch(x: torch.Tensor, weights: torch.Tensor, ids: torch.Te
     Assignments are sorted by expert once (one host sync for the counts), so each active expert costs two
     GEMMs on a contiguous slice of the gathered rows plus the SwiGLU. Returns [T, hidden] in x.dtype."""
     k = ids.shape[1]
-    inter = w13.shape[1] // 2
     flat_ids = ids.reshape(-1)  # [T·k]
     order = torch.argsort(flat_ids, stable=True)  # assignments grouped by expert
     counts = torch.bincount(flat_ids, minlength=w13.shape[0]).tolist()  # [E]
@@ -163,7 +163,7 @@ def moe_experts_int8_torch(x: torch.Tensor, weights: torch.Tensor, ids: torch.Te
     for e, n in enumerate(counts):
         if n:
             h = w8a16_linear(xs[lo:lo + n], w13[e], w13_scale[e])  # [n, 2I]
-            ys[lo:lo + n] = w8a16_linear(F.silu(h[:, :inter]) * h[:, inter:], w2[e], w2_scale[e])  # [n, hidden]
+            ys[lo:lo + n] = w8a16_linear(silu_mul_ref(h), w2[e], w2_scale[e])  # [n, hidden]
         lo += n
     out = torch.zeros_like(x)
     return out.index_add_(0, tok, ys * weights.reshape(-1)[order, None])
