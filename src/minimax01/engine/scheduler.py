@@ -160,16 +160,17 @@ class Scheduler:
 
         # No admission in a step that had to preempt: memory is short, and a just-preempted request would
         # otherwise be re-admitted at once only to be preempted again.
+        # Admission keeps in hand the blocks that one more token of every scheduled sequence (the candidate
+        # included) would take, so that their next decode step does not have to preempt the request admitted now
+        # (thrashing). Counting exactly, not one block per sequence: a pool sized for max_num_seqs full-length
+        # sequences must admit all of them.
+        ahead = self._next_token_blocks(chunks)
         while not preempted and self.waiting and budget > 0 and self.store.num_free_slots > 0:
             req = self.waiting[0]
             n = min(req.num_pending, budget)
             need = self.blocks_for(n)
-            # Keep in hand the blocks that one more token of every scheduled sequence (this one included) would
-            # take, so that their next decode step does not have to preempt the request admitted now (thrashing).
-            # Counting exactly, not one block per sequence: a pool sized for max_num_seqs full-length sequences
-            # must admit all of them.
-            ahead = self._next_token_blocks(chunks) + self.blocks_for(n + 1) - need
-            if need + ahead > self.store.num_free_blocks - reserved:
+            own_next = self.blocks_for(n + 1) - need  # the candidate's one more token
+            if need + ahead + own_next > self.store.num_free_blocks - reserved:
                 break
             self.waiting.popleft()
             req.slot = self.store.allocate()
@@ -177,5 +178,6 @@ class Scheduler:
             self.running.append(req)
             chunks.append(ScheduledChunk(req, 0, n))
             reserved += need
+            ahead += own_next
             budget -= n
         return SchedulerOutput(chunks, preempted)
