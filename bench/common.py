@@ -1,6 +1,6 @@
-"""Timing and roofline helpers shared by the benchmark scripts (run on the GPU through the device tool).
+"""Timing and roofline helpers shared by the benchmark scripts (run on a GPU machine).
 
-Method (/work/.library/device/METHOD.md): median of many timed runs after a warm-up, device events (Triton's
+Method: median of many timed runs after a warm-up, device events (Triton's
 do_bench), CUDA-graph replay for launch-bound steps, random data (never zeros), and the two ceilings — a
 bf16 8192³ matmul and a large device-to-device copy — measured in the same process as the rows they judge.
 """
@@ -67,22 +67,6 @@ def real_dims_config(preset: str, layers: int) -> Any:
     return config
 
 
-def real_dims_model(preset: str, layers: int, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Any:
-    """A model of `real_dims_config` with random weights drawn on the device (no checkpoint on disk):
-    N(0, 1/fan_in) weights and unit norms, so activations stay O(1)."""
-    from minimax01.weights import build_empty
-
-    model = build_empty(real_dims_config(preset, layers), dtype, device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
-    return model
-
-
 def roofline() -> dict[str, float]:
     """The two ceilings of this GPU, measured now: bf16 8192³ matmul TFLOP/s and device copy GB/s
     (bytes read + bytes written)."""
@@ -127,7 +111,7 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[Path]:
     """bench/results/<name>-<date>.json and .md (one Markdown table per section); copies go to $OUT when set
-    (the device tool's return folder)."""
+    (a folder the caller collects results from)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     payload = {"meta": meta, "sections": sections}
     md = [f"# {name} benchmark ({stamp})", ""]

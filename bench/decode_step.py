@@ -1,35 +1,47 @@
-"""Whole-model decode steps through the engine, eager against CUDA graphs, side by side in one process
-(issue 9, item 5): random weights at Text-01 dims with a few layers (3 lightning + 1 softmax by default),
-batches of 1 / 16 / 64 sequences whose prompts are already prefilled, greedy decoding.
+"""Whole-model engine steps at Text-01 dimensions on 1 and N GPUs, side by side in one run: random bf16 weights
+(`--load-format dummy`: drawn on each GPU, nothing on disk), one full period of 8 layers (7 lightning + 1
+softmax) and the real lm_head by default.
 
-Per batch size it reports the median wall time of one `LLMEngine.step()` (a pure decode step: embedding, the
-layers, the lm_head — 2.46 GB of bf16 weights, 0.82 ms at 3 TB/s —, sampling, bookkeeping and one host sync
-for the sampled tokens), tokens/s, and whether both modes
-generated the same greedy tokens (bf16: a different split count in paged attention may flip a near-tie, so a
-mismatch is reported, not asserted).
+Per layout (tp = 1, then each --tp N > 1: N processes through parallel.world.run_sharded, rank 0's engine over
+the lock-step wrapper exactly as `minimax01 serve --tp N` runs it) and per batch of 1 / 16 / 64 sequences whose
+prompts are already prefilled: the median wall time of one pure decode `LLMEngine.step()` (the layers, the
+lm_head, sampling, bookkeeping, the step message to the other ranks and one host sync for the sampled tokens),
+eager and with CUDA graphs; and prefill tokens/s of one 8 K and one 32 K prompt (8 K-token chunks).
 
-    PYTHONPATH=src python bench/decode_step.py [--layers 4] [--batches 1 16 64]
+The floor of a decode step is measured in the same run: the bytes one GPU must read for the step (its weights:
+attention share, the experts the batch touches, lm_head; the KV cache and lightning states; parallel/plan.py's
+model) over the device copy bandwidth measured now, plus, for N > 1, the all-reduces of the step (2 per layer of
+[batch, 6144] bf16, 1 per lightning layer of the fp32 norm statistic) at the latency measured for that message
+inside a CUDA graph on these GPUs (bench/collectives.py). The measured hardware numbers are written next to the
+results (`multi-gpu-hardware-<date>.json`), the input of `minimax01 plan --measured`.
+
+    PYTHONPATH=src python bench/decode_step.py [--tp 2] [--layers 8] [--batches 1 16 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, real_dims_model, write_results  # noqa: E402
+from common import RESULTS, environment, real_dims_config, roofline, write_results  # noqa: E402
 
 from minimax01.engine import LLMEngine  # noqa: E402
 from minimax01.sampling import SamplingParams  # noqa: E402
 
 
-def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool) -> tuple[list[float], list[list[int]]]:
-    """Step times (s) of `steps` pure decode steps of `batch` sequences, and the tokens each generated."""
+def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool | None
+               ) -> tuple[list[float], list, int]:
+    """Step times (s) of `steps` pure decode steps of `batch` sequences, the tokens each generated, and how many
+    steps a CUDA graph replayed (the runner is the engine's own on one GPU, under the lock-step wrapper on N)."""
     engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + steps + batch + 8,
                        max_num_batched_tokens=max(prompt_len, 512), cuda_graphs=graphs)
     gen = torch.Generator().manual_seed(batch)
@@ -49,41 +61,154 @@ def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool) -> 
             times.append(time.perf_counter() - t0)
         for o in outs:
             tokens[o.request_id] += o.new_token_ids
+    runner = engine.graphs if engine.graphs is not None else getattr(model, "inner", None)
+    return times[2:], [tokens[i] for i in ids], getattr(runner, "num_replays", 0)
+
+
+def prefill_run(model, prompt_len: int, chunk: int) -> float:
+    """Seconds to prefill one prompt of `prompt_len` tokens (chunks of `chunk`) and sample its first token."""
+    engine = LLMEngine(model, max_num_seqs=1, max_model_len=prompt_len + 8, max_num_batched_tokens=chunk)
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(1))
+    engine.add_request(prompt.tolist(), SamplingParams(temperature=0.0, max_new_tokens=1, ignore_eos=True))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while engine.has_unfinished():
+        engine.step()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure(model, args: argparse.Namespace, graphs: bool) -> dict:
+    """Decode rows of every batch (and, with graphs, the prefill rows) for one model and one graph mode."""
+    out: dict = {"decode": {}, "prefill": {}, "tokens": {}}
+    lockstep = getattr(model, "inner", None) is not None  # graphs are chosen below the wrapper, per rank
+    replayed = 0
+    for b in args.batches:
+        times, out["tokens"][b], n = decode_run(model, b, args.prompt_len, args.steps, None if lockstep else graphs)
+        out["decode"][b] = statistics.median(times)
+        replayed = n if lockstep else replayed + n  # the wrapper's runner counts over all batches
+    out["replayed"] = replayed
     if graphs:
-        assert engine.graphs is not None and engine.graphs.graphs, "no CUDA graph was captured"
-    return times[2:], [tokens[i] for i in ids]  # the first decode steps capture the graphs
+        prefill_run(model, args.chunk, args.chunk)  # compiles the prefill kernels for this chunk shape
+        for n in args.prefill:
+            out["prefill"][n] = prefill_run(model, n, args.chunk)
+    return out
+
+
+def run_layout(tp: int, config_dir: Path, args: argparse.Namespace) -> dict[bool, dict]:
+    """{graphs: measure(...)} for one layout; tp > 1 runs in tp processes (one per GPU)."""
+    results = {}
+    for graphs in (False, True):
+        print(f"[{time.strftime('%H:%M:%S')}] {tp} GPU(s), graphs {'on' if graphs else 'off'}", file=sys.stderr,
+              flush=True)
+        os.environ["MINIMAX01_CUDA_GRAPHS"] = "1" if graphs else "0"
+        if tp == 1:
+            from minimax01.weights import load_pretrained
+
+            model = load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy")
+            results[graphs] = measure(model, args, graphs)
+            del model
+            torch.cuda.empty_cache()
+        else:
+            from minimax01.parallel.world import WorldSpec, run_sharded
+
+            spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
+            results[graphs] = run_sharded(spec, lambda lockstep: measure(lockstep, args, graphs))
+    return results
+
+
+def measure_collectives(world: int, timeout_s: float = 180.0) -> dict | None:
+    """bench/collectives.py's numbers, in a process of its own with a time limit: a stuck collective must not
+    take the whole benchmark with it (None, and the floors then leave the all-reduces out)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "collectives.pt"
+        try:
+            subprocess.run([sys.executable, str(Path(__file__).parent / "collectives.py"), "--world", str(world),
+                            "--save", str(out)], timeout=timeout_s, check=True)
+            return torch.load(out)
+        except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
+            print(f"all-reduce measurement failed ({e}); floors without communication", file=sys.stderr)
+            return None
+
+
+def floor_ms(config, tp: int, batch: int, context: int, copy_Bps: float, latency_us: dict) -> float:
+    """Bytes one GPU reads for a decode step / copy bandwidth + the step's all-reduces at measured latency."""
+    from minimax01.parallel.plan import Hardware, make_plan
+
+    plan = make_plan(config, context, gpus=tp, tp=tp, batch=batch, hw=Hardware(hbm_Bps=copy_Bps))
+    comm = 0.0
+    if tp > 1:
+        n_lin = len(config.linear_layers)
+        comm = (2 * config.num_hidden_layers * latency_us.get(("hidden states", batch), 0.0)
+                + n_lin * latency_us.get(("norm statistic", batch), 0.0)) / 1e3
+    return plan.step_time["HBM reads"] * 1e3 + comm
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--tp", type=int, nargs="+", default=[2], help="tensor-parallel degrees to compare with 1 GPU")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--prompt-len", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--prefill", type=int, nargs="+", default=[8192, 32768])
+    ap.add_argument("--chunk", type=int, default=8192)
+    ap.add_argument("--name", default="decode-step")
     args = ap.parse_args()
     t0 = time.time()
-    dev = torch.device("cuda")
-    model = real_dims_model("text-01", args.layers, dev)
-    rows = []
-    for b in args.batches:
-        row: dict = dict(batch=b, layers=args.layers, context=args.prompt_len)
-        toks = {}
-        for graphs in (False, True):
-            times, toks[graphs] = decode_run(model, b, args.prompt_len, args.steps, graphs)
-            ms = statistics.median(times) * 1e3
-            key = "graph" if graphs else "eager"
-            row[f"{key}_step_ms"] = ms
-            row[f"{key}_tok_s"] = b / ms * 1e3
-        row["speedup"] = row["eager_step_ms"] / row["graph_step_ms"]
-        same = sum(x == y for x, y in zip(toks[False], toks[True]))
-        row["same_greedy_tokens"] = f"{same}/{b} sequences"
-        rows.append(row)
-        print(row, flush=True)
+    config = real_dims_config("text-01", args.layers)
+    config_dir = Path(tempfile.mkdtemp(prefix="minimax01-bench-"))
+    config.save_pretrained(config_dir)
+    roof = roofline()  # before any model: the GPU to itself
+    copy_Bps = roof["copy_gbps"] * 1e9
+    latency_us, coll = {}, None
+    if max(args.tp) > 1:
+        coll = measure_collectives(max(args.tp))
+        if coll:
+            latency_us = {(r["message"], r["tokens"]): r["in_graph_us"] for r in coll["rows"]}
+    layouts = {1: run_layout(1, config_dir, args)}
+    for tp in args.tp:
+        if tp > 1:
+            layouts[tp] = run_layout(tp, config_dir, args)
+    decode_rows, prefill_rows = [], []
+    for tp, res in layouts.items():
+        for b in args.batches:
+            eager, graph = res[False]["decode"][b] * 1e3, res[True]["decode"][b] * 1e3
+            fl = floor_ms(config, tp, b, args.prompt_len, copy_Bps, latency_us)
+            row = {"gpus": tp, "batch": b, "eager_step_ms": eager, "graph_step_ms": graph,
+                   "graph_tok_s": b / graph * 1e3, "floor_ms": fl, "graph_vs_floor": graph / fl,
+                   "graphs_replayed": res[True]["replayed"],
+                   "same_greedy_tokens": sum(x == y for x, y in zip(res[False]["tokens"][b], res[True]["tokens"][b]))}
+            if tp > 1:
+                row["speedup_vs_1gpu"] = layouts[1][True]["decode"][b] / res[True]["decode"][b]
+            decode_rows.append(row)
+            print(row, flush=True)
+        for n, secs in res[True]["prefill"].items():
+            row = {"gpus": tp, "prompt": n, "prefill_s": secs, "tok_s": n / secs}
+            if tp > 1:
+                row["speedup_vs_1gpu"] = layouts[1][True]["prefill"][n] / secs
+            prefill_rows.append(row)
+            print(row, flush=True)
     meta = {**environment(), "model": f"random text-01 dims, {args.layers} layers "
-                                      f"({model.config.attn_type_list.count(0)} lightning), bf16",
+                                      f"({config.attn_type_list.count(0)} lightning), bf16, real lm_head",
+            "context": args.prompt_len, **roof, "gpus_visible": torch.cuda.device_count(),
             "wall_s": round(time.time() - t0, 1)}
-    for p in write_results("decode-step", {"engine decode step, eager vs CUDA graphs": rows}, meta):
+    sections = {"decode step (engine, median ms)": decode_rows, "prefill (one prompt, 8K-token chunks)": prefill_rows}
+    if coll:
+        sections["NCCL all-reduce (us)"] = coll["rows"]
+        meta["allreduce_bus_GBps"] = round(coll["bus_bandwidth_Bps"] / 1e9, 1)
+    for p in write_results(args.name, sections, meta):
         print("wrote", p)
+    if coll:  # the input of `minimax01 plan --measured`
+        hw = {"copy_Bps": copy_Bps, "allreduce_bus_Bps": coll["bus_bandwidth_Bps"], "gpus": max(args.tp),
+              "allreduce_us": {f"{m} x{t}": us for (m, t), us in latency_us.items()},
+              "decode_step_ms": {f"tp{r['gpus']} batch{r['batch']}": r["graph_step_ms"] for r in decode_rows},
+              "context": args.prompt_len, "layers": args.layers, "gpu": environment().get("gpu", "")}
+        stamp = time.strftime("%Y-%m-%d", time.gmtime())
+        for d in [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
+            (d / f"multi-gpu-hardware-{stamp}.json").write_text(json.dumps(hw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

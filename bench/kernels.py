@@ -28,19 +28,21 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import bench, bench_graph, environment, rel_err, roofline, write_results  # noqa: E402
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.kernels import fused_ops  # noqa: E402
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
 from minimax01.kernels import moe_decode, moe_triton  # noqa: E402
+from minimax01.kernels.attention_ref import apply_partial_rope  # noqa: E402
+from minimax01.kernels.dispatch import grouped_mm_available  # noqa: E402
 from minimax01.kernels.lightning_ref import (  # noqa: E402
     layer_decay_rates,
     lightning_decode_ref,
     lightning_prefill_ref,
 )
-from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
-from minimax01.model.attention import apply_partial_rope, rope_inv_freq  # noqa: E402
+from minimax01.kernels.moe_ref import experts_ref, silu_mul_ref  # noqa: E402
+from minimax01.kernels.norm_ref import rms_norm, rms_norm_gate  # noqa: E402
+from minimax01.model.attention import rope_inv_freq  # noqa: E402
 from minimax01.model.moe import route  # noqa: E402
-from minimax01.model.norm import rms_norm, rms_norm_gate  # noqa: E402
 
 DEV = torch.device("cpu" if SMOKE else "cuda")
 H, D = (4, 32) if SMOKE else (64, 128)
@@ -153,11 +155,8 @@ def prefill_section(roof: dict, sweep: bool, rows: dict) -> None:
                 del o_fla, s_fla
         if n <= 131072:
             def torch_chunked():
-                kernels.set_backend("torch")
-                try:
+                with kernels.use_backend("torch"):
                     kernels.lightning_prefill(q, k, v, decay, [0, n], torch.zeros(1, H, D, D, device=DEV), [0])
-                finally:
-                    kernels.set_backend("auto")
             row["torch_ms"] = timed(torch_chunked)
         row["ours_Mtok_s"] = n / row["ours_ms"] / 1e3
         row["ours_frac_of_floor"] = floor_ms / row["ours_ms"]
@@ -223,11 +222,8 @@ def decode_section(roof: dict, sweep: bool, rows: dict) -> None:
                                                           initial_state=init, output_final_state=True), graph=True)
 
         def torch_step():
-            kernels.set_backend("torch")
-            try:
+            with kernels.use_backend("torch"):
                 kernels.lightning_decode(q, k, v, decay, states, slots)
-            finally:
-                kernels.set_backend("auto")
         row["torch_graph_ms"] = timed(torch_step, graph=True)
         row["ours_frac_of_copy_bw"] = floor_ms / best
         table.append(row)
@@ -270,7 +266,7 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         ref = experts_ref(x.float(), w.float(), ids, w13f, w2f)
         c = dict(tokens=t, err_triton=rel_err(ours(x, "triton"), ref),
                  err_torch_bf16_loop=rel_err(experts_ref(x, w, ids, w13, w2), ref))
-        if moe_triton.grouped_mm_available(DEV):
+        if grouped_mm_available(DEV):
             c["err_grouped_mm"] = rel_err(ours(x, "grouped_mm"), ref)
         if tf_block is not None:
             c["err_transformers"] = rel_err(tf_block(x[None])[0], ref)
@@ -290,7 +286,7 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
         mm_floor = flops / (roof["matmul_bf16_tflops"] * 1e9)
         row = dict(tokens=t, experts_hit=hit, weight_read_floor_ms=bw_floor, matmul_floor_ms=mm_floor)
         row["ours_triton_ms"] = timed(lambda: ours(x, "triton"))
-        if moe_triton.grouped_mm_available(DEV):
+        if grouped_mm_available(DEV):
             row["ours_grouped_mm_ms"] = timed(lambda: ours(x, "grouped_mm"))
         row["ours_auto_ms"] = timed(lambda: ours(x, "auto"))
         if t <= 64:
@@ -298,7 +294,7 @@ def moe_section(roof: dict, sweep: bool, rows: dict) -> None:
             row["ours_triton_graph_ms"] = timed(lambda: ours(x, "triton"), graph=True)
         if t >= 64:  # candidate for prefill: one dense cuBLAS GEMM per expert on its sorted rows (host sync)
             row["cublas_loop_ms"] = timed(lambda: ours(x, "cublas_loop"))
-        if t <= 16:  # the per-token GEMV path (auto picks it up to moe_decode.MAX_TOKENS tokens)
+        if t <= 16:  # the per-token GEMV path (auto picks it up to dispatch.GEMV_MAX_TOKENS tokens)
             row["ours_gemv_graph_ms"] = timed(lambda: ours(x, "gemv"), graph=True)
         if tf_block is not None:
             row["transformers_ms"] = timed(lambda: tf_block(x[None]))
@@ -408,7 +404,7 @@ def fused_cases(t: int):
     norm, norm_twin = partial(fused_ops.rms_norm, x, w_hidden, 1e-5), partial(rms_norm, x, w_hidden, 1e-5)
     gated = partial(fused_ops.rms_norm_gate, o, gate, w_inner, 1e-6)
     gated_twin = partial(rms_norm_gate, o, gate, w_inner, 1e-6)
-    silu, silu_twin = partial(fused_ops.silu_mul, h), partial(kernels.silu_mul_ref, h)
+    silu, silu_twin = partial(fused_ops.silu_mul, h), partial(silu_mul_ref, h)
     yield f"rms_norm {hidden}", norm, norm_twin, both(norm, norm_twin), (2 * t + 1) * hidden * 2
     yield f"rms_norm + gate {inner}", gated, gated_twin, both(gated, gated_twin), (3 * t + 1) * inner * 2
     for span, pos in pos_by_range.items():

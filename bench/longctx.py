@@ -29,10 +29,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common import environment, rel_err, write_results  # noqa: E402
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
-from minimax01.model.attention import attend_one  # noqa: E402
-from minimax01.model.model import MiniMaxCache, MiniMaxForCausalLM, init_random_weights_  # noqa: E402
+from minimax01.kernels.attention_ref import attend_one  # noqa: E402
+from minimax01.causal_lm import MiniMaxCache, MiniMaxForCausalLM  # noqa: E402
+from minimax01.model.model import init_random_weights_  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GiB = 2**30
@@ -451,9 +452,8 @@ def decode_check_section(lengths: list[int], chunk: int, steps: int, smoke: bool
     ref = copy.deepcopy(fast).float()  # same (bf16-rounded) weights, fp32 arithmetic
     warm = torch.randint(0, config.vocab_size, (1, 2 * chunk), device=DEV)
     for model, backend in ((fast, "auto"), (ref, "torch")):  # compile / load every kernel before timing
-        kernels.set_backend(backend)
-        greedy_run(model, warm, chunk, 1, None)
-    kernels.set_backend("auto")
+        with kernels.use_backend(backend):
+            greedy_run(model, warm, chunk, 1, None)
     baseline: float | None = None
     prev: tuple[int, float] | None = None
     for n in lengths:
@@ -462,13 +462,10 @@ def decode_check_section(lengths: list[int], chunk: int, steps: int, smoke: bool
             record(title, dict(n=n, status=why))
             continue
         ids = torch.randint(0, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).to(DEV)
-        kernels.set_backend("auto")
-        got, toks, t_fast, picks_fast = greedy_run(fast, ids, chunk, steps, None)
-        kernels.set_backend("torch")
-        try:
+        with kernels.use_backend("auto"):
+            got, toks, t_fast, picks_fast = greedy_run(fast, ids, chunk, steps, None)
+        with kernels.use_backend("torch"):
             want, _, t_ref, picks_ref = greedy_run(ref, ids, chunk, steps, toks)
-        finally:
-            kernels.set_backend("auto")
         pos_err = ((got - want).norm(dim=-1) / want.norm(dim=-1)).tolist()  # per compared position
         flips = [sum(a[p] != b[p] for a, b in zip(picks_fast, picks_ref)) for p in range(steps + 1)]
         clean = [e for e, f in zip(pos_err, flips) if not f]

@@ -24,13 +24,13 @@ import torch  # noqa: E402
 from common import bench, bench_graph, environment, rel_err, roofline, write_results  # noqa: E402
 from layer import FULL, experts_hit, make_layer  # noqa: E402
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.cache import BatchInfo, StateStore  # noqa: E402
 from minimax01.config import MiniMaxConfig, default_attn_type_list  # noqa: E402
 from minimax01.engine.cuda_graph import DecodeGraphRunner  # noqa: E402
 from minimax01.kernels import paged_attention  # noqa: E402
-from minimax01.model.model import MiniMaxForCausalLM  # noqa: E402
-from minimax01.model.attention import attend_one  # noqa: E402
+from minimax01.causal_lm import MiniMaxForCausalLM  # noqa: E402
+from minimax01.kernels.attention_ref import attend_one  # noqa: E402
 
 DEV = torch.device("cuda")
 H, KVH, D, BS = 64, 8, 128, 64
@@ -142,15 +142,15 @@ def layer_rows(copy_gbps: float, rows: list[dict]) -> None:
             row = dict(batch=b, context=context, experts_hit=hit, bytes_floor_ms=bytes_moved / (copy_gbps * 1e6))
             outs = {}
             for backend in ("torch", "triton"):
-                kernels.set_backend(backend)
-                outs[backend] = step().float()
-                row[f"{backend}_eager_ms"] = bench(step)
-                try:
-                    row[f"{backend}_graph_ms"] = bench_graph(step)
-                except Exception as exc:  # the torch path builds index tensors per sequence on the host
-                    print(backend, "decode step not capturable:", type(exc).__name__, str(exc)[:200], flush=True)
-                    torch.cuda.synchronize()
-            kernels.set_backend("auto")
+                with kernels.use_backend(backend):
+                    outs[backend] = step().float()
+                    row[f"{backend}_eager_ms"] = bench(step)
+                    try:
+                        row[f"{backend}_graph_ms"] = bench_graph(step)
+                    except Exception as exc:  # the torch path builds index tensors per sequence on the host
+                        print(backend, "decode step not capturable:", type(exc).__name__, str(exc)[:200],
+                              flush=True)
+                        torch.cuda.synchronize()
             row["rel_diff_triton_vs_torch"] = rel_err(outs["triton"], outs["torch"])
             best = min(v for k, v in row.items() if k.startswith("triton_") and k.endswith("_ms"))
             row["triton_vs_floor"] = best / row["bytes_floor_ms"]
@@ -163,8 +163,8 @@ def layer_rows(copy_gbps: float, rows: list[dict]) -> None:
 def runner_rows(rows: list[dict], steps: int = 30) -> None:
     """An 8-layer model with real attention dims (7 lightning + 1 softmax layer, 4 experts instead of 32 to
     fit beside the rest) decoding at 4 K context: per-step wall time (host work included, as the engine sees
-    it) of DecodeGraphRunner (graph replay) vs model.forward_step eager on the Triton and torch backends, and
-    the graph step's logits against forward_step's from the same state."""
+    it) of DecodeGraphRunner (graph replay) vs model.step eager on the Triton and torch backends, and
+    the graph step's logits against model.step's from the same state."""
     context = CONTEXT
     config = MiniMaxConfig(num_hidden_layers=8, attn_type_list=default_attn_type_list(8), num_local_experts=4)
     with torch.device("meta"):
@@ -177,8 +177,8 @@ def runner_rows(rows: list[dict], steps: int = 30) -> None:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=g)
-    store = model.new_store(65, num_kv_blocks=65 * 70, kv_block_size=BS)
-    runner = DecodeGraphRunner(model, store, max_model_len=70 * BS)
+    runner = DecodeGraphRunner(model, max_model_len=70 * BS)
+    store = runner.new_store(64, num_kv_blocks=65 * 70 - 1, kv_block_size=BS)  # the runner adds 1 slot, 1 block
     slots = [store.allocate() for _ in range(64)]
     pre = BatchInfo(slots, [0] * 64, [context] * 64, device=DEV)
     store.prepare(pre)
@@ -194,30 +194,28 @@ def runner_rows(rows: list[dict], steps: int = 30) -> None:
             return BatchInfo(sl, [store.seq_lens[s] for s in sl], [1] * b, device=DEV)
         tokens = torch.randint(0, vocab, (b,), device=DEV, generator=g)
         snapshot = store.lightning[:, sl].clone()
-        kernels.set_backend("triton")
-        with torch.no_grad():
-            got = runner.run(tokens, decode_batch())  # captures the graph of this size, then replays it
+        with kernels.use_backend("triton"), torch.no_grad():
+            got = runner.replay(tokens, decode_batch())  # captures the graph of this size, then replays it
             store.lightning[:, sl] = snapshot  # rewind the step: same state, same KV positions
             for s in sl:
                 store.seq_lens[s] -= 1
-            ref = model.forward_step(tokens, decode_batch(), store)
+            ref = model.step(tokens, decode_batch(), store)
         row = dict(batch=b, context=context, graph_sizes=str(runner.sizes), rel_diff_graph_vs_eager=rel_err(got, ref))
         for name, backend in (("graph", "triton"), ("eager_triton", "triton"), ("eager_torch", "torch")):
-            kernels.set_backend(backend)
 
             def one():
                 with torch.no_grad():
                     if name == "graph":
-                        return runner.run(tokens, decode_batch())
-                    return model.forward_step(tokens, decode_batch(), store)
-            one()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(steps):
+                        return runner.replay(tokens, decode_batch())
+                    return model.step(tokens, decode_batch(), store)
+            with kernels.use_backend(backend):
                 one()
-            torch.cuda.synchronize()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    one()
+                torch.cuda.synchronize()
             row[f"{name}_step_ms"] = (time.perf_counter() - t0) / steps * 1e3
-        kernels.set_backend("auto")
         row["graph_speedup_vs_eager_triton"] = row["eager_triton_step_ms"] / row["graph_step_ms"]
         rows.append(row)
         print(row, flush=True)

@@ -34,17 +34,13 @@ import torch  # noqa: E402
 from common import bench, bench_graph, environment, rel_err, roofline, write_results  # noqa: E402
 from conftest import make_model, random_ids  # noqa: E402
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
+from minimax01.kernels import moe_experts_int8  # noqa: E402
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
-from minimax01.kernels.w8a16 import (  # noqa: E402
-    dequantize,
-    moe_experts_int8,
-    moe_experts_int8_torch,
-    w8a16_linear_ref,
-    w8a16_linear_triton,
-)
-from minimax01.model.model import MiniMaxForCausalLM  # noqa: E402
+from minimax01.kernels.w8a16_ref import dequantize, moe_experts_int8_ref, w8a16_linear_ref  # noqa: E402
+from minimax01.kernels.w8a16_triton import w8a16_linear_triton  # noqa: E402
+from minimax01.causal_lm import MiniMaxForCausalLM  # noqa: E402
 from minimax01.model.moe import route  # noqa: E402
 from minimax01.quant import model_bytes, quantize_, quantize_weight  # noqa: E402
 
@@ -181,7 +177,8 @@ def moe_section(roof: dict, rows: dict) -> None:
                "bf16_dispatch_us": 1e3 * timed(lambda: kernels.moe_experts(x, weights, ids, w13, w2), graph=False),
                "int8_us": 1e3 * timed(lambda: moe_experts_int8(x, weights, ids, q13, q2, s13, s2), graph=False),
                "int8_per_expert_loop_us": 1e3 * timed(
-                   lambda: moe_experts_int8_torch(x, weights, ids, q13, q2, s13, s2), graph=False)}
+                   lambda: moe_experts_int8_ref(x, weights, ids, q13, q2, s13, s2, linear=kernels.w8a16_linear),
+                   graph=False)}
         row["speedup_int8_vs_bf16"] = row["bf16_dispatch_us"] / row["int8_us"]
         row["int8_weight_GBps"] = (row["experts_hit"] * 3 * H * inter) / row["int8_us"] / 1e3
         table.append(row)
@@ -199,13 +196,12 @@ def model_section(roof: dict, rows: dict) -> None:
     model = quantize_(fp32.to(torch.bfloat16)).to(DEV)
     table = []
     for backend in ("torch", "triton"):
-        kernels.set_backend(backend)
-        logits = model(ids).logits
+        with kernels.use_backend(backend):
+            logits = model(ids).logits
         kl, top1 = kl_top1(ref, logits)
         table.append({"int8 tiny model, bf16 activations, backend": backend, "rel_err_vs_fp32_activations":
                       rel_err(logits, ref), "KL": kl, "top1": top1})
         print(table[-1], flush=True)
-    kernels.set_backend("auto")
     rows["Integrated int8 model on the GPU (vs the same int8 weights with fp32 activations)"] = table
 
 

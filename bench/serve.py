@@ -10,7 +10,7 @@ is streamed as its own SSE event (`logprobs: 0`), so that each token's arrival t
 
     python bench/serve.py                      # built-in tiny model on CPU -> bench/results/serve-cpu-<date>.*
     python bench/serve.py --model DIR --device cuda --concurrency 1 8 32
-    python bench/serve.py --real-dims-layers 2 --device cuda   # Text-01 dims, 2 layers, random weights
+    python bench/serve.py --real-dims-layers 8 --device cuda --tp 2   # Text-01 dims, 8 layers, random weights
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, real_dims_config, real_dims_model, write_results  # noqa: E402
+from common import environment, real_dims_config, write_results  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -101,32 +101,30 @@ async def run_level(url: str, model: str, concurrency: int, num_requests: int, p
     }
 
 
-def serve_real_dims(args: argparse.Namespace) -> None:
-    """Server process of --real-dims-layers: random weights drawn on the device (no checkpoint on disk), the
-    built-in tiny tokenizer (ids it does not know decode to nothing; the benchmark counts tokens, not text)."""
-    import torch
+def real_dims_dir(args: argparse.Namespace) -> Path:
+    """A checkpoint directory for --real-dims-layers: config.json with the real dimensions and N layers (the
+    server draws random weights, `--load-format dummy`) and the built-in tiny tokenizer (ids it does not know
+    decode to nothing; the benchmark counts tokens, not text)."""
+    import shutil
+    import tempfile
 
-    from minimax01.server.serve import build_server, run_server
     from minimax01.tiny import ensure_default_model
-    from minimax01.tokenizer import load_tokenizer
 
-    model = real_dims_model(args.preset, args.real_dims_layers, torch.device(args.device))
-    server = build_server(model, load_tokenizer(ensure_default_model()), "bench", max_num_seqs=args.max_num_seqs,
-                          max_model_len=args.prompt_len + args.max_tokens + 16,
-                          max_num_batched_tokens=args.max_num_batched_tokens)
-    run_server(server, "127.0.0.1", args.serve_port, log_level="warning")
+    out = Path(tempfile.mkdtemp(prefix="minimax01-serve-bench-"))
+    real_dims_config(args.preset, args.real_dims_layers).save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ensure_default_model() / f, out / f)
+    return out
 
 
 def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[bytes]:
-    common = ["--device", args.device, "--max-num-seqs", str(args.max_num_seqs),
-              "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    cmd = [sys.executable, "-m", "minimax01", "serve", "--port", str(port), "--device", args.device,
+           "--max-num-seqs", str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+           "--served-model-name", "bench", "--max-model-len", str(args.prompt_len + args.max_tokens + 16),
+           "--tp", str(args.tp)]
     if args.real_dims_layers:
-        cmd = [sys.executable, __file__, "--serve-port", str(port), "--real-dims-layers", str(args.real_dims_layers),
-               "--preset", args.preset, "--prompt-len", str(args.prompt_len), "--max-tokens", str(args.max_tokens),
-               *common]
+        cmd += ["--model", str(real_dims_dir(args)), "--load-format", "dummy", "--dtype", args.dtype or "bf16"]
     else:
-        cmd = [sys.executable, "-m", "minimax01", "serve", "--port", str(port), *common, "--served-model-name", "bench",
-               "--max-model-len", str(args.prompt_len + args.max_tokens + 16)]
         if args.model:
             cmd += ["--model", args.model]
         if args.dtype:
@@ -167,13 +165,10 @@ def main() -> None:
     ap.add_argument("--real-dims-layers", type=int, default=0, metavar="N",
                     help="instead of --model: a random bf16 model with the real Text-01 dimensions and N layers")
     ap.add_argument("--preset", default="text-01", help=argparse.SUPPRESS)  # dims of --real-dims-layers
-    ap.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)  # internal: be the --real-dims-layers server
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the server (one GPU per rank)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", help="results name (default: serve-<device>)")
     args = ap.parse_args()
-    if args.serve_port:
-        serve_real_dims(args)
-        return
     random.seed(args.seed)
 
     from minimax01.parallel.launch import free_port
@@ -209,7 +204,7 @@ def main() -> None:
     meta = {"model": model,
             # Client and server share this machine's cores; other processes' load skews CPU numbers.
             "load_avg_1m": f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end",
-            "device": args.device, "dtype": args.dtype or "server default", "cpu_cores": os.cpu_count(),
+            "device": args.device, "tp": args.tp, "dtype": args.dtype or "server default", "cpu_cores": os.cpu_count(),
             "server_omp_threads": args.threads or "torch default",
             "prompt_len": args.prompt_len, "max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": args.max_num_batched_tokens, "max_model_len": info["max_model_len"],

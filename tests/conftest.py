@@ -1,4 +1,4 @@
-"""Shared fixtures of the model-core tests: a tiny random model (SPEC §11 init, so that mistakes move the
+"""Shared fixtures of the model-core tests: a tiny random model (docs/model.md §11 init, so that mistakes move the
 logits visibly), checkpoint writers and the original -> transformers-v5 weight renaming."""
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from minimax01.config import MiniMaxConfig
-from minimax01.model.model import MiniMaxForCausalLM, init_random_weights_
+from minimax01.causal_lm import MiniMaxForCausalLM
+from minimax01.model.model import init_random_weights_
 from minimax01.tokenizer import MiniMaxTokenizer, load_tokenizer, train_tiny_tokenizer
 
-# Longer than one lightning block (256) so that every test crosses a block boundary (SPEC §11).
+# Longer than one lightning block (256) so that every test crosses a block boundary (docs/model.md §11).
 PROMPT_LEN = 300
 
 
 def make_model(config: MiniMaxConfig, seed: int = 0, dtype: torch.dtype = torch.float64) -> MiniMaxForCausalLM:
-    """A random model with the SPEC §11 init, in `dtype`, eval mode."""
+    """A random model with the docs/model.md §11 init, in `dtype`, eval mode."""
     model = MiniMaxForCausalLM(config).to(dtype)
     return init_random_weights_(model, seed).eval()
 
@@ -48,7 +49,7 @@ _EXPERT_KEY = re.compile(r"^(model\.layers\.\d+)\.block_sparse_moe\.experts\.(\d
 
 
 def to_v5_names(state: dict[str, torch.Tensor], num_experts: int) -> dict[str, torch.Tensor]:
-    """Original checkpoint names -> transformers v5 names (SPEC §2.2): `mlp.gate.weight`,
+    """Original checkpoint names -> transformers v5 names (docs/model.md §2.2): `mlp.gate.weight`,
     `mlp.experts.gate_up_proj` [E, 2I, H] = per expert w1 rows then w3 rows, `mlp.experts.down_proj` [E, H, I].
     Written from the spec table, independently of weights.py."""
     out: dict[str, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""chat.py: template rendering (byte parity with transformers), OpenAI-style normalisation, tool-call parsing."""
+"""chat/: template rendering (byte parity with transformers), OpenAI-style normalisation, tool-call parsing."""
 
 from __future__ import annotations
 
@@ -11,24 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from minimax01 import chat
-from minimax01.chat import (
-    BOS,
-    CHAT_TEMPLATE,
-    EOS,
-    FUNCTION_CALL,
-    StreamingToolCallParser,
-    ToolCall,
-    normalize_messages,
-    normalize_tools,
-    parse_tool_calls,
-    render_chat,
-    render_tool_call,
-)
+import minimax01.special_tokens as special_tokens
+from minimax01.chat.function_call import FunctionCallStreamParser, parse_tool_calls, render_tool_call
+from minimax01.chat.messages import normalize_messages, normalize_tools
+from minimax01.chat.template import CHAT_TEMPLATE, render_chat
+from minimax01.chat.tool_calls import ToolCall
+from minimax01.special_tokens import BOS, EOS, FUNCTION_CALL
 from minimax01.errors import RequestError
 from minimax01.tokenizer import load_tokenizer, train_tiny_tokenizer
 
-REFERENCE = Path("/work/shared/reference/MiniMax-Text-01.tokenizer_config.json")
+# The tokenizer_config.json released with MiniMax-Text-01 (its chat template and special tokens).
+REFERENCE = Path(__file__).parent / "data" / "MiniMax-Text-01.tokenizer_config.json"
 # sha256 of the `chat_template` string in MiniMax-Text-01's tokenizer_config.json (checked against the file
 # below where it is available), so the parity tests can not silently run against an edited template.
 REFERENCE_TEMPLATE_SHA256 = "b6b016d76dedfa80480897d1d8dbe00f8c187cae1d6ecd7b0865bf42e095429f"
@@ -66,16 +59,16 @@ def t(text: str) -> list[dict]:
 # --- the template itself ----------------------------------------------------------------------------------
 def test_template_is_the_reference_one():
     assert hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest() == REFERENCE_TEMPLATE_SHA256
-    if REFERENCE.is_file():
-        assert CHAT_TEMPLATE == json.loads(REFERENCE.read_text(encoding="utf-8"))["chat_template"]
+    assert CHAT_TEMPLATE == json.loads(REFERENCE.read_text(encoding="utf-8"))["chat_template"]
 
 
 def test_special_token_constants():
-    assert chat.SPECIAL_TOKENS == (
+    assert special_tokens.SPECIAL_TOKENS == (
         "<beginning_of_sentence>", "<end_of_sentence>", "<end_of_document>", "<function_call>", "<begin_of_document>"
     )
-    assert (chat.BOS, chat.EOS, chat.UNK, chat.FUNCTION_CALL) == chat.SPECIAL_TOKENS[:4]
-    assert chat.DEFAULT_EOS_TOKEN_ID == 200020
+    assert ((special_tokens.BOS, special_tokens.EOS, special_tokens.UNK, special_tokens.FUNCTION_CALL)
+            == special_tokens.SPECIAL_TOKENS[:4])
+    assert special_tokens.DEFAULT_EOS_TOKEN_ID == 200020
 
 
 # --- byte parity with transformers ------------------------------------------------------------------------
@@ -165,7 +158,7 @@ def test_render_matches_transformers(hf_tok, conv_name, tools_name, add_generati
 
 
 def test_render_literal_expectation():
-    # Independent of transformers: the exact text SPEC §7.2 describes.
+    # Independent of transformers: the exact text docs/model.md §9.2 describes.
     messages = [
         {"role": "system", "content": "S"},
         {"role": "user", "content": "U"},
@@ -461,7 +454,7 @@ STREAM_TEXTS = [
 
 def stream(text_pieces: list[str]) -> tuple[str, list[tuple[str, str]], list[str]]:
     """Feeds pieces; returns final content, calls, and the content emitted so far after each feed."""
-    parser = StreamingToolCallParser()
+    parser = FunctionCallStreamParser()
     content, calls, progress = "", [], []
     for piece in text_pieces + [None]:
         events = parser.finish() if piece is None else parser.feed(piece)
@@ -492,7 +485,7 @@ def test_streaming_every_split_point(text):
 
 
 def test_streaming_holds_back_block_and_marker_prefix():
-    p = StreamingToolCallParser()
+    p = FunctionCallStreamParser()
     assert p.feed("Hello <func") == ["Hello "]
     assert p.feed("tion_call>```typescript\nfunctions.f(") == []
     assert p.feed('{"a": 1})\n``') == []
@@ -500,7 +493,7 @@ def test_streaming_holds_back_block_and_marker_prefix():
     assert [(e.name, e.arguments) if isinstance(e, ToolCall) else e for e in events] == [("f", '{"a": 1}'), "tail"]
     assert p.finish() == []
     # an unterminated block is flushed as content at the end
-    p = StreamingToolCallParser()
+    p = FunctionCallStreamParser()
     assert p.feed(f"{FUNCTION_CALL}```typescript\nfunctions.f({{") == []
     assert p.finish() == [f"{FUNCTION_CALL}```typescript\nfunctions.f({{"]
     assert p.finish() == []

@@ -20,8 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+import minimax01.cli.chat as cli_chat
+import minimax01.loading as loading
 from minimax01 import cli
-from minimax01.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
+from minimax01.chat.template import CHAT_TEMPLATE
+from minimax01.cli.args import parse_tokens
+from minimax01.special_tokens import SPECIAL_TOKENS
 from minimax01.tiny import CACHE_ENV, DEFAULT_MODEL_NAME, ensure_default_model
 from minimax01.tokenizer import load_tokenizer
 
@@ -111,6 +115,8 @@ def test_generate_streams_and_is_deterministic(tiny_dir: Path, env: dict[str, st
     assert first and rest and streamed.endswith("\n")
     assert finish_lines(err.decode()) and "tokens/s" in finish_lines(err.decode())[0]
     assert "finish_reason=length, 64 tokens" in err.decode()
+    # Load time, time to first token (engine start, compilation) and the steady decode rate are reported apart.
+    assert "[loaded in " in err.decode() and "first token after" in err.decode() and "decode " in err.decode()
 
     again = run(env, *args)
     assert again.returncode == 0, again.stderr
@@ -150,7 +156,7 @@ def test_chat_with_piped_stdin(tiny_dir: Path, env: dict[str, str]) -> None:
 
 
 class _FakeStream:
-    """Stands in for `cli.stream_text`: records each prompt and replies with canned text in small pieces."""
+    """Stands in for `stream_text`: records each prompt and replies with canned text in small pieces."""
 
     def __init__(self, replies: list[str]) -> None:
         self.replies = replies
@@ -165,8 +171,8 @@ class _FakeStream:
 def _fake_chat(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, replies: list[str], stdin: str) -> _FakeStream:
     fake = _FakeStream(replies)
     tok = load_tokenizer(tiny_dir)
-    monkeypatch.setattr(cli, "stream_text", fake)
-    monkeypatch.setattr(cli, "load_model", lambda args: cli.Loaded(None, tok, [1]))
+    monkeypatch.setattr(cli_chat, "stream_text", fake)
+    monkeypatch.setattr(loading, "load_for_serving", lambda *args: loading.Loaded(None, tok, [1]))
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     return fake
 
@@ -244,8 +250,8 @@ def test_serve_passes_its_flags_to_the_server(tiny_dir: Path, env: dict[str, str
 
 
 def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.parse_tokens("4M") == 4 * 2**20 and cli.parse_tokens("128k") == 128 * 2**10
-    assert cli.parse_tokens("1000000") == 1_000_000
+    assert parse_tokens("4M") == 4 * 2**20 and parse_tokens("128k") == 128 * 2**10
+    assert parse_tokens("1000000") == 1_000_000
     assert cli.main(["plan", "--context", "4M", "--gpus", "8", "--dtype", "int8"]) == 0
     out = capsys.readouterr().out
     assert "8 GPU(s)" in out and "weights int8" in out and f"{4 * 2**20}-token" in out

@@ -1,4 +1,4 @@
-"""MiniMaxConfig: both config.json spellings (SPEC §1.2), defaults, validation messages, parameter counts."""
+"""MiniMaxConfig: both config.json spellings (docs/model.md §1.2), defaults, validation messages, parameter counts."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from minimax01.config import MiniMaxConfig, default_attn_type_list, format_count
 from minimax01.errors import ConfigError
 
-ALPHA = 3.5565588200778455  # (2 * 80) ** 0.25, SPEC §1.1
+ALPHA = 3.5565588200778455  # (2 * 80) ** 0.25, docs/model.md §1.1
 
-# The released config.json in the original spelling (SPEC §1.1 values; keys the model does not use included).
+# The released config.json in the original spelling (docs/model.md §1.1 values; keys the model does not use included).
 ORIGINAL_TEXT01: dict[str, Any] = {
     "architectures": ["MiniMaxText01ForCausalLM"],
     "model_type": "minimax_text_01",
@@ -33,7 +33,7 @@ ORIGINAL_TEXT01: dict[str, Any] = {
     "use_cache": True, "transformers_version": "4.45.2",
 }
 
-# (original, transformers) spellings of the DeepNorm factors, SPEC §1.2 — written out here, not imported.
+# (original, transformers) spellings of the DeepNorm factors, docs/model.md §1.2 — written out here, not imported.
 FACTOR_KEYS = [
     ("layernorm_full_attention_alpha", "full_attn_alpha_factor"),
     ("layernorm_full_attention_beta", "full_attn_beta_factor"),
@@ -45,7 +45,7 @@ FACTOR_KEYS = [
 
 
 def to_transformers_spelling(original: dict[str, Any]) -> dict[str, Any]:
-    """The same config as transformers' `MiniMaxConfig` (model_type `minimax`) writes it (SPEC §1.2)."""
+    """The same config as transformers' `MiniMaxConfig` (model_type `minimax`) writes it (docs/model.md §1.2)."""
     d = {k: v for k, v in original.items() if k not in ("attn_type_list", "rotary_dim", "rope_theta", "postnorm",
                                                          "shared_intermediate_size", "shared_moe_mode")}
     d.update(architectures=["MiniMaxForCausalLM"], model_type="minimax", block_size=256)
@@ -156,7 +156,7 @@ def test_unknown_layer_type_names_the_key() -> None:
 
 
 def test_missing_layer_pattern_is_rejected() -> None:
-    # transformers' own default would start with full attention at layer 0 (SPEC §1.2): never guess.
+    # transformers' own default would start with full attention at layer 0 (docs/model.md §1.2): never guess.
     d = {k: v for k, v in ORIGINAL_TEXT01.items() if k != "attn_type_list"}
     with pytest.raises(ConfigError, match="attn_type_list.*layer_types"):
         MiniMaxConfig.from_dict(d)

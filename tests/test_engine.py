@@ -15,7 +15,7 @@ import torch
 
 from minimax01.engine import LLMEngine, RequestOutput
 from minimax01.errors import RequestError
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.sampling import SamplingParams
 
 
@@ -263,7 +263,7 @@ def test_model_error_fails_only_the_step_requests(model: MiniMaxForCausalLM, mon
     def boom(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(model, "forward_step", boom)
+    monkeypatch.setattr(model, "step", boom)
     with pytest.raises(RuntimeError, match="device lost"):
         eng.step()
     monkeypatch.undo()

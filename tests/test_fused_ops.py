@@ -1,5 +1,5 @@
-"""Fused small-op kernels (kernels/fused_ops.py) against their torch twins: model.norm.rms_norm /
-rms_norm_gate, model.attention.apply_partial_rope, kernels.silu_mul_ref.
+"""Fused small-op kernels (kernels/fused_ops.py) against their torch twins: norm_ref.rms_norm / rms_norm_gate,
+attention_ref.apply_partial_rope, moe_ref.silu_mul_ref.
 
 Runs under TRITON_INTERPRET=1 on CPU (re-running itself in a subprocess when triton was imported before the
 variable could be set, tests/triton_harness.py), compiled on CUDA at Text-01's widths. Skipped where Triton
@@ -35,10 +35,12 @@ from triton_harness import (  # noqa: F401
 
 pytest.importorskip("triton")
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.kernels import fused_ops  # noqa: E402
-from minimax01.model.attention import apply_partial_rope, rope_inv_freq  # noqa: E402
-from minimax01.model.norm import rms_norm, rms_norm_gate  # noqa: E402
+from minimax01.kernels.attention_ref import apply_partial_rope  # noqa: E402
+from minimax01.kernels.moe_ref import silu_mul_ref  # noqa: E402
+from minimax01.kernels.norm_ref import rms_norm, rms_norm_gate  # noqa: E402
+from minimax01.model.attention import rope_inv_freq  # noqa: E402
 
 # Non-power-of-two widths everywhere; on the GPU Text-01's: hidden 6144, lightning inner 8192, 64 q / 8 kv
 # heads of 128 with RoPE on 64 dims, expert intermediate 9216.
@@ -130,7 +132,7 @@ def test_silu_mul(dtype: torch.dtype, triton_backend: None) -> None:
     h = randn(TOKENS, 2 * INTER, seed=9, dtype=dtype, scale=3.0)
     with no_host_sync():
         out = kernels.silu_mul(h)
-    assert_matches_twin(out, kernels.silu_mul_ref(h))
+    assert_matches_twin(out, silu_mul_ref(h))
 
 
 def test_unsupported_operands_stay_on_the_twins(triton_backend: None) -> None:
@@ -139,7 +141,7 @@ def test_unsupported_operands_stay_on_the_twins(triton_backend: None) -> None:
     x, w = randn(5, 40, seed=10, dtype=torch.float64), randn(40, seed=11, dtype=torch.float64)
     assert torch.equal(kernels.rms_norm(x, w, 1e-5), rms_norm(x, w, 1e-5))
     assert torch.equal(kernels.rms_norm_gate(x, x, w, 1e-5), rms_norm_gate(x, x, w, 1e-5))
-    assert torch.equal(kernels.silu_mul(x), kernels.silu_mul_ref(x))
+    assert torch.equal(kernels.silu_mul(x), silu_mul_ref(x))
     xb = x.to(torch.bfloat16)
     out = kernels.rms_norm(xb, w.float(), 1e-5)
     assert out.dtype == torch.float32 and torch.equal(out, rms_norm(xb, w.float(), 1e-5))
@@ -171,7 +173,7 @@ def test_tiny_model_logits_unchanged(dtype: torch.dtype, triton_backend: None,
     fp32: per-op differences are fp32 ulps, amplified through 16 random layers to ≤ 1e-5 on CPU. On CUDA the
     lightning kernels run their fp32 dots in tf32, where an fp32-ulp change of an input flips a rounding to
     10 mantissa bits (2^-11 relative): 1.9e-4 measured on an H100, held to 5e-3 (test_kernels.py allows 5e-2
-    for the tf32 kernels against fp32 torch); a wrong op is O(1) (SPEC §11).
+    for the tf32 kernels against fp32 torch); a wrong op is O(1) (docs/model.md §11).
     bf16: per-op results are bit-identical but for rare 1-ulp flips (2 of 3520 elements of one norm in a
     prefill on CPU), which the random layers amplify like any bf16 rounding difference (a flip near a top-2
     routing tie moves a token's logits by O(0.1); the bf16 model on the twins lands ~7e-2 from the fp64

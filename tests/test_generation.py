@@ -10,7 +10,7 @@ import torch
 from minimax01.engine import LLMEngine
 from minimax01.errors import RequestError
 from minimax01.generation import GenerationOutput, StreamEvent, generate
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.sampling import SamplingParams
 
 

@@ -29,8 +29,8 @@ from triton_harness import (  # noqa: F401
 
 pytest.importorskip("triton")
 
-from minimax01 import kernels  # noqa: E402
-from minimax01.kernels import lightning_triton, moe_triton  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
+from minimax01.kernels import dispatch, lightning_triton, moe_triton  # noqa: E402
 from minimax01.kernels.lightning_ref import (  # noqa: E402
     layer_decay_rates,
     lightning_decode_ref,
@@ -196,7 +196,7 @@ def test_moe_matches_reference(tokens: int, dtype: torch.dtype, triton_backend: 
 
 
 def test_moe_grouped_mm_path() -> None:
-    if not (hasattr(torch, "_grouped_mm") and (moe_triton.grouped_mm_available(DEV) or not CUDA)):
+    if not (hasattr(torch, "_grouped_mm") and (dispatch.grouped_mm_available(DEV) or not CUDA)):
         pytest.skip("torch._grouped_mm not available here")
     x, w, ids, w13, w2 = moe_inputs(40, torch.bfloat16, seed=7)
     ref64 = experts_ref(*[a.double() if a.is_floating_point() else a for a in (x, w, ids, w13, w2)])
@@ -216,19 +216,15 @@ def test_sort_by_expert() -> None:
 
 
 def test_backend_selection() -> None:
-    before = kernels.get_backend()
-    try:
-        kernels.set_backend("auto")
+    with kernels.use_backend("auto"):
         assert kernels.use_triton(torch.device("cpu")) is False  # auto: Triton on CUDA only
         assert kernels.use_triton(torch.device("cuda")) is True
-        kernels.set_backend("torch")
+    with kernels.use_backend("torch"):
         assert kernels.use_triton(torch.device("cuda")) is False
-        kernels.set_backend("triton")
+    with kernels.use_backend("triton"):
         assert kernels.use_triton(torch.device("cpu")) is True
-        with pytest.raises(ValueError):
-            kernels.set_backend("cuda")
-    finally:
-        kernels.set_backend(before)
+    with pytest.raises(ValueError):
+        kernels.use_backend("cuda")
 
 
 def test_fp64_stays_on_reference(triton_backend: None) -> None:
@@ -245,12 +241,8 @@ def test_fp64_stays_on_reference(triton_backend: None) -> None:
 
 def _tiny_logits(model, ids: torch.Tensor, mask: torch.Tensor, steps: torch.Tensor, backend: str) -> torch.Tensor:
     """Logits of every real prompt token of a varlen prefill and of each decode step: [tokens, vocab]."""
-    before = kernels.get_backend()
-    kernels.set_backend(backend)
-    try:
+    with kernels.use_backend(backend):
         return prefill_decode_logits(model, ids, mask, steps)
-    finally:
-        kernels.set_backend(before)
 
 
 def test_tiny_model_through_the_kernels() -> None:

@@ -1,4 +1,4 @@
-"""Lightning attention references (SPEC §3): block prefill == token recurrence, ALiBi slopes, per-layer decay
+"""Lightning attention references (docs/model.md §3): block prefill == token recurrence, ALiBi slopes, per-layer decay
 from the GLOBAL layer index, and the varlen/slot dispatch of `minimax01.kernels`."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimax01 import kernels
+import minimax01.kernels as kernels
 from minimax01.config import MiniMaxConfig
 from minimax01.kernels.lightning_ref import (
     build_slopes,
@@ -16,7 +16,7 @@ from minimax01.kernels.lightning_ref import (
     lightning_recurrence_ref,
 )
 from minimax01.model.lightning import LightningAttention
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 
 D = 16  # head dim of these tests
 
@@ -48,7 +48,7 @@ def test_block_prefill_equals_recurrence(heads: int, n: int, with_state: bool) -
     o_blk, s_blk = lightning_prefill_ref(q, k, v, decay, state)
     o_rec, s_rec = lightning_recurrence_ref(q, k, v, decay, state)
     assert o_blk.dtype == s_blk.dtype == torch.float64
-    # fp64: both evaluate the same sums in a different order; SPEC's appendix measured 1.5e-12
+    # fp64: both evaluate the same sums in a different order; docs/model.md §3.4 measured 1.5e-12
     assert rel_err(o_blk, o_rec) < 1e-11
     assert rel_err(s_blk, s_rec) < 1e-11
     if state is not None:
@@ -56,7 +56,7 @@ def test_block_prefill_equals_recurrence(heads: int, n: int, with_state: bool) -
 
 
 def test_recurrence_matches_closed_form() -> None:
-    """o_t = Σ_{s≤t} λ^{t−s} (q_t·k_s) v_s (SPEC §3.3), written densely."""
+    """o_t = Σ_{s≤t} λ^{t−s} (q_t·k_s) v_s (docs/model.md §3.3), written densely."""
     heads, n = 4, 40
     q, k, v = qkv(heads, n, seed=3)
     decay = layer_decay_rates(heads, 0, 16).double()
@@ -77,7 +77,7 @@ def test_block_size_does_not_change_the_result() -> None:
 
 
 def test_bf16_inputs_keep_an_fp32_state() -> None:
-    """SPEC §3.4 dtypes: output in the model dtype, state fp32; close to the fp64 result at bf16 precision."""
+    """docs/model.md §3.4 dtypes: output in the model dtype, state fp32; close to the fp64 result at bf16 precision."""
     q, k, v = qkv(4, 300, seed=9, dtype=torch.bfloat16)
     decay = layer_decay_rates(4, 3, 16)
     o, s = lightning_prefill_ref(q, k, v, decay, torch.zeros(4, D, D))
@@ -104,7 +104,7 @@ def test_slopes_non_power_of_two() -> None:
 
 
 def test_decay_uses_the_global_layer_index(tiny_model: MiniMaxForCausalLM, tiny_config: MiniMaxConfig) -> None:
-    """s_{l,h} = slope_h·(1 − l/(L−1) + 1e−5) with l counting the softmax layers too (SPEC §3.2). Layer 9 is the
+    """s_{l,h} = slope_h·(1 − l/(L−1) + 1e−5) with l counting the softmax layers too (docs/model.md §3.2). Layer 9 is the
     8th lightning layer: with the linear index the factor would differ by 1/15."""
     L, H = tiny_config.num_hidden_layers, tiny_config.num_attention_heads
     slopes = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], dtype=torch.float64)
@@ -112,7 +112,7 @@ def test_decay_uses_the_global_layer_index(tiny_model: MiniMaxForCausalLM, tiny_
         attn = tiny_model.model.layers[layer_idx].self_attn
         assert isinstance(attn, LightningAttention)
         got = attn.decay(torch.device("cpu"))
-        assert got.dtype == torch.float32  # never rounded with the model dtype (SPEC §9 #4)
+        assert got.dtype == torch.float32  # never rounded with the model dtype (docs/model.md §10 #4)
         expected = slopes * (1 - layer_idx / (L - 1) + 1e-5)
         torch.testing.assert_close(got.double(), expected, rtol=1e-7, atol=0)  # fp32 storage
     linear_idx = tiny_config.linear_layers.index(9)
@@ -152,7 +152,7 @@ def test_varlen_prefill_equals_per_sequence_calls() -> None:
 
 
 def test_decode_equals_reference_step() -> None:
-    """One step per sequence: S ← λS + kᵀv, o = q·S (SPEC §3.3), written out here with einsum."""
+    """One step per sequence: S ← λS + kᵀv, o = q·S (docs/model.md §3.3), written out here with einsum."""
     heads, slots = 4, torch.tensor([2, 0, 3])
     decay = layer_decay_rates(heads, 1, 16)
     q, k, v = (t.transpose(0, 1) for t in qkv(heads, 3, seed=13))  # [B=3, H, D]

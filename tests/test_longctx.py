@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minimax01 import MiniMaxConfig, MiniMaxForCausalLM
-from minimax01.model.attention import attend_one
+from minimax01.kernels.attention_ref import attend_one
 from minimax01.model.model import init_random_weights_
 
 
@@ -29,7 +29,7 @@ def test_chunked_prefill_matches_single_pass_at_20k(model: MiniMaxForCausalLM) -
     assert time.time() - t0 < 120
     ref, got = single.logits, chunked.logits
     # fp32 end to end; the chunks change only the summation order inside the lightning scan and attention
-    # (relative ~1e-6 per op), so 1e-4 of the logit scale is far below any real mistake (SPEC §11: >= 0.8).
+    # (relative ~1e-6 per op), so 1e-4 of the logit scale is far below any real mistake (docs/model.md §11: >= 0.8).
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
     # Both caches hold the same state: one more decoded token agrees too.

@@ -1,4 +1,4 @@
-"""MiniMaxForCausalLM (SPEC §3–6, §8): cache paths == full forward, padding, dtypes, parameter names, and an
+"""MiniMaxForCausalLM (docs/model.md §3–6, §8): cache paths == full forward, padding, dtypes, parameter names, and an
 independent dense fp64 oracle written from the spec text."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import RequestError
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 from conftest import PROMPT_LEN, capture_lm_head, make_model, random_ids
 
 # The model computes in fp64 and returns float32 logits; two fp64 paths that agree to ~1e-13 can still differ by
@@ -62,24 +62,24 @@ def test_chunked_prefill_equals_one_call(tiny_model: MiniMaxForCausalLM, tiny_co
 
 def test_mixed_flattened_step_equals_separate_calls(tiny_model: MiniMaxForCausalLM,
                                                     tiny_config: MiniMaxConfig) -> None:
-    """The engine's step (DESIGN.md): one flattened batch mixing a decode token, a prefill continuation that
+    """The engine's step (docs/architecture.md): one flattened batch mixing a decode token, a prefill continuation that
     crosses position 256 and a fresh prefill, on non-contiguous slots."""
     seqs = [random_ids(1, n, tiny_config.vocab_size, seed=20 + i)[0] for i, n in enumerate((PROMPT_LEN + 1, 270, 40))]
     expected = [full_logits(tiny_model, s[None])[0, -1] for s in seqs]
     store = tiny_model.new_store(4)
     slots = [store.allocate() for _ in range(4)][1:]  # slot 0 stays unused
     first = BatchInfo(slots[:2], [0, 0], [PROMPT_LEN, 200])  # history of the first two sequences
-    tiny_model.forward_step(torch.cat([seqs[0][:PROMPT_LEN], seqs[1][:200]]), first, store)
+    tiny_model.step(torch.cat([seqs[0][:PROMPT_LEN], seqs[1][:200]]), first, store)
     step = BatchInfo(slots, [PROMPT_LEN, 200, 0], [1, 70, 40])
     tokens = torch.cat([seqs[0][PROMPT_LEN:], seqs[1][200:], seqs[2]])
-    got = tiny_model.forward_step(tokens, step, store, logits_index=step.last_token_index)  # [3, V]
+    got = tiny_model.step(tokens, step, store, logits_index=step.last_token_index)  # [3, V]
     torch.testing.assert_close(got, torch.stack(expected), **FP32_LOGITS)
     assert [store.seq_lens[s] for s in slots] == [PROMPT_LEN + 1, 270, 40]
 
 
 def test_left_padded_batch_equals_each_sequence_alone(tiny_model: MiniMaxForCausalLM,
                                                       tiny_config: MiniMaxConfig) -> None:
-    """Pads must not reach the softmax layers either (the original's mask never does, SPEC §9 #14)."""
+    """Pads must not reach the softmax layers either (the original's mask never does, docs/model.md §10 #14)."""
     lens, width, k = [PROMPT_LEN, 137, 261], PROMPT_LEN, 3
     seqs = [random_ids(1, n + k, tiny_config.vocab_size, seed=10 + i)[0] for i, n in enumerate(lens)]
     ids = torch.zeros(len(lens), width, dtype=torch.long)
@@ -139,7 +139,7 @@ def test_bf16_model_keeps_fp32_lightning_state(tiny_config: MiniMaxConfig, tiny_
     prefill = model(ids[:, :PROMPT_LEN])
     decode = model(ids[:, PROMPT_LEN:], cache=prefill.cache)
     store = decode.cache.store
-    assert store.lightning.dtype == torch.float32  # SPEC §8/§9 #3: never the activation dtype
+    assert store.lightning.dtype == torch.float32  # docs/model.md §8/§10 #3: never the activation dtype
     assert store.k_cache.dtype == store.v_cache.dtype == torch.bfloat16
     assert decode.logits.dtype == torch.float32
     assert all(layer.self_attn.decay(torch.device("cpu")).dtype == torch.float32
@@ -151,7 +151,7 @@ def test_bf16_model_keeps_fp32_lightning_state(tiny_config: MiniMaxConfig, tiny_
     assert (got - ref).abs().mean() < 0.15 * ref.std()
 
 
-# ------------------------------------------------------------------ parameter names (SPEC §2.1)
+# ------------------------------------------------------------------ parameter names (docs/model.md §2.1)
 def original_names(config: MiniMaxConfig) -> set[str]:
     names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i, t in enumerate(config.attn_type_list):
@@ -185,7 +185,7 @@ def test_text01_state_dict_key_count() -> None:
     c = MiniMaxConfig.preset("text-01")
     with torch.device("meta"):
         model = MiniMaxForCausalLM(c)
-    assert len(model.state_dict()) == 8243  # SPEC §2.1
+    assert len(model.state_dict()) == 8243  # docs/model.md §2.1
     assert set(model.state_dict()) == original_names(c)
 
 
@@ -211,17 +211,17 @@ def test_sync_free_experts_equal_the_reference() -> None:
 # ------------------------------------------------------------------ independent spec oracle
 @dataclasses.dataclass
 class Oracle:
-    """A deliberately simple, slow, dense fp64 re-implementation of SPEC §3–6, reading weights by their original
+    """A deliberately simple, slow, dense fp64 re-implementation of docs/model.md §3–6, reading weights by their original
     checkpoint names. The keyword fields reproduce specific mistakes (mutations) so that we can show the
     comparison is able to fail."""
 
     sd: dict[str, torch.Tensor]
     config: MiniMaxConfig
-    lightning_eps: float = 1e-6  # SPEC §3.6: the class default, not config.rms_norm_eps
+    lightning_eps: float = 1e-6  # docs/model.md §3.6: the class default, not config.rms_norm_eps
     rotary_dim: int | None = None  # None: config.rotary_dim (first 64 of 128 dims in Text-01)
-    qkv_layout: str = "per_head"  # SPEC §3.1 rows [h0: q k v, h1: q k v, ...]; "stacked" = [Q; K; V] (wrong)
-    slope_index: str = "global"  # SPEC §3.2; "linear" = count lightning layers only (wrong)
-    residual: str = "postnorm"  # SPEC §5; "prenorm" = residual is the un-normalised input (wrong)
+    qkv_layout: str = "per_head"  # docs/model.md §3.1 rows [h0: q k v, h1: q k v, ...]; "stacked" = [Q; K; V] (wrong)
+    slope_index: str = "global"  # docs/model.md §3.2; "linear" = count lightning layers only (wrong)
+    residual: str = "postnorm"  # docs/model.md §5; "prenorm" = residual is the un-normalised input (wrong)
 
     def w(self, name: str) -> torch.Tensor:
         return self.sd[name].double()
@@ -253,7 +253,7 @@ class Oracle:
         return o @ self.w(p + "out_proj.weight").T
 
     def rope(self, x: torch.Tensor) -> torch.Tensor:
-        """x [n, heads, D]: half-split RoPE on the first rotary_dim dims; angles and cos/sin in fp32 (SPEC §4)."""
+        """x [n, heads, D]: half-split RoPE on the first rotary_dim dims; angles and cos/sin in fp32 (docs/model.md §4)."""
         c = self.config
         rd = self.rotary_dim or c.rotary_dim
         inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, rd, 2).float() / rd))
@@ -333,7 +333,7 @@ def test_model_matches_spec_oracle(fp64_logits: torch.Tensor, oracle_logits: tor
 
 
 @pytest.mark.parametrize(("mutation", "min_std"), [
-    # SPEC §11 measured (16 layers, 300 tokens) max |Δlogit| of eps 3.8, full RoPE 1.3, [Q;K;V] 6.5, linear
+    # docs/model.md §11 measured (16 layers, 300 tokens) max |Δlogit| of eps 3.8, full RoPE 1.3, [Q;K;V] 6.5, linear
     # index 0.84, pre-norm 5.4 logit-std; this tiny model gives 2.7, 1.5, 6.1, 1.2, 5.7. The thresholds leave
     # a 2-3x margin and are still ~1e9 times the tolerance of the oracle comparison.
     ({"lightning_eps": 1e-5}, 1.0),
@@ -352,7 +352,7 @@ def test_oracle_mutations_are_detected(tiny_model: MiniMaxForCausalLM, tiny_conf
 
 def test_oracle_comparison_catches_a_model_bug(tiny_model: MiniMaxForCausalLM, tiny_config: MiniMaxConfig,
                                                prompt: torch.Tensor, oracle_logits: torch.Tensor) -> None:
-    """The same weights in a model built with the lightning-norm eps of vLLM (1e-5, SPEC §9 #6)."""
+    """The same weights in a model built with the lightning-norm eps of vLLM (1e-5, docs/model.md §10 #6)."""
     buggy = MiniMaxForCausalLM(dataclasses.replace(tiny_config, lightning_norm_eps=1e-5)).double().eval()
     buggy.load_state_dict(tiny_model.state_dict())
     logits = buggy(prompt, use_cache=False).logits[0].double()

@@ -19,7 +19,7 @@ from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test
 
 pytest.importorskip("triton")
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.kernels import moe_decode  # noqa: E402
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
 from minimax01.kernels.moe_ref import route_ref as route  # noqa: E402  (the torch twin)
@@ -87,7 +87,7 @@ def test_int8_gemv_experts_match_dequantized_reference(tokens: int, triton_backe
     """int8 experts (quant.py's per-row scales) through the GEMVs == experts_ref on the dequantized weights in
     fp64, to the kernel's two bf16 roundings (activation, output: 2^-8 relative each); a scale applied to the
     wrong row or expert moves the result by the spread of the rows' absmax (~20 %)."""
-    from minimax01.kernels.w8a16 import dequantize, moe_experts_int8
+    from minimax01.kernels.w8a16_ref import dequantize
     from minimax01.quant import quantize_weight
 
     x, w, ids, w13, w2 = expert_case(tokens, torch.bfloat16, seed=20 + tokens)
@@ -95,7 +95,7 @@ def test_int8_gemv_experts_match_dequantized_reference(tokens: int, triton_backe
     q13, s13, q2, s2 = (t.to(DEV) for t in (q13, s13, q2, s2))
     ref = experts_ref(x.double(), w.double(), ids, dequantize(q13, s13, torch.float64),
                       dequantize(q2, s2, torch.float64))
-    out = moe_experts_int8(x, w, ids, q13, q2, s13, s2)  # the dispatch takes the GEMVs at <= 2 tokens
+    out = kernels.moe_experts_int8(x, w, ids, q13, q2, s13, s2)  # the dispatch takes the GEMVs at <= 2 tokens
     torch.testing.assert_close(out, moe_decode.gemv_experts(x, w, ids, q13, q2, s13, s2), rtol=0, atol=0)
     assert rel(out, ref) <= 1e-2
     assert rel(moe_decode.gemv_experts(x, w, ids, q13, q2, s13.flip(1), s2), ref) > 5e-2

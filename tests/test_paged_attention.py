@@ -1,4 +1,4 @@
-"""Triton paged decode attention against its torch twin (`kernels.paged_decode_ref`: gather + `attend_one`).
+"""Triton paged decode attention against its torch twin (`attention_ref.paged_decode_ref`: gather + `attend_one`).
 
 Runs under TRITON_INTERPRET=1 on CPU (re-running itself in a subprocess when triton was imported before the
 variable could be set, as tests/triton_harness.py explains), compiled on CUDA. Skipped where Triton cannot import.
@@ -19,10 +19,11 @@ from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test
 
 pytest.importorskip("triton")
 
-from minimax01 import kernels  # noqa: E402
+import minimax01.kernels as kernels  # noqa: E402
 from minimax01.cache import BatchInfo, StateStore  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.kernels import paged_attention  # noqa: E402
+from minimax01.kernels.attention_ref import paged_decode_ref  # noqa: E402
 from minimax01.model.attention import SoftmaxAttention  # noqa: E402
 
 HEADS, KV_HEADS, DIM = (64, 8, 128) if CUDA else (8, 2, 32)  # GQA group of 4 on CPU, 8 on the GPU
@@ -54,11 +55,11 @@ def paged_case(lens: list[int], block_size: int, dtype: torch.dtype, seed: int =
 
 def check(q, k, v, table, slots, lens, scale, **decode_kw) -> None:
     out = paged_attention.decode(q, k, v, table, slots, lens, scale, **decode_kw)
-    ref64 = kernels.paged_decode_ref(q.double(), k.double(), v.double(), table, slots, lens, scale)
+    ref64 = paged_decode_ref(q.double(), k.double(), v.double(), table, slots, lens, scale)
     if q.dtype == torch.float32:
         tol = FP32_TOL
     else:
-        tol = 2 * rel(kernels.paged_decode_ref(q, k, v, table, slots, lens, scale), ref64) + 1e-3
+        tol = 2 * rel(paged_decode_ref(q, k, v, table, slots, lens, scale), ref64) + 1e-3
     assert out.dtype == q.dtype and out.shape == q.shape
     assert rel(out, ref64) <= tol, (rel(out, ref64), tol, decode_kw)
 
@@ -88,7 +89,7 @@ def test_empty_sequence_gives_zeros() -> None:
     q, k, v, table, slots, lens = paged_case([9, 0, 20], 8, torch.float32)
     out = paged_attention.decode(q, k, v, table, slots, lens, 0.2, block_n=16, splits=2)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
-    ref = kernels.paged_decode_ref(q.double(), k.double(), v.double(), table, slots, lens, 0.2)
+    ref = paged_decode_ref(q.double(), k.double(), v.double(), table, slots, lens, 0.2)
     assert rel(out, ref) <= FP32_TOL
 
 
@@ -126,9 +127,7 @@ def test_softmax_layer_decode_uses_kernel(dtype: torch.dtype) -> None:
     layer = SoftmaxAttention(config, layer_idx).to(DEV, dtype)
     store = StateStore(config, max_seqs=4, device=DEV, dtype=dtype, kv_block_size=4)
     slots = [store.allocate() for _ in range(3)]
-    before = kernels.get_backend()
-    try:
-        kernels.set_backend("torch")
+    with kernels.use_backend("torch"):
         lens = [5, 13, 2]
         first = [min(n, 2) for n in lens]
         for starts, news in (([0] * 3, first), (first, [n - f for n, f in zip(lens, first)])):
@@ -141,10 +140,8 @@ def test_softmax_layer_decode_uses_kernel(dtype: torch.dtype) -> None:
         kv_pos = store.prepare(batch)
         x = torch.randn(3, config.hidden_size, dtype=dtype, device=DEV)
         ref = layer(x, batch, store, kv_pos)
-        kernels.set_backend("triton")
+    with kernels.use_backend("triton"):
         out = layer(x, batch, store, kv_pos)
-    finally:
-        kernels.set_backend(before)
     # fp32: reordered sums; bf16: p rounded to bf16 in the kernel, then o_proj in bf16 (a few 2^-9).
     assert rel(out, ref) <= (FP32_TOL if dtype == torch.float32 else 2e-2)
 
@@ -157,10 +154,10 @@ GRAPH_CASES = [(False, torch.float32)] + ([(True, torch.float32), (True, torch.b
 
 @pytest.mark.parametrize("capture,dtype", GRAPH_CASES)
 @torch.no_grad()
-def test_decode_runner_padding_matches_forward_step(capture: bool, dtype: torch.dtype, triton_backend: None) -> None:
+def test_decode_runner_padding_matches_step(capture: bool, dtype: torch.dtype, triton_backend: None) -> None:
     """DecodeGraphRunner's static-buffer step for 3 sequences padded to a graph of 4 — replayed from captured
     CUDA graphs on the GPU, run eagerly (capture=False) everywhere — gives the same logits as
-    model.forward_step on an identical store, advances the store, and declines prefill steps and batches larger
+    model.step on an identical store, advances the store, and declines prefill steps and batches larger
         than its graphs. fp32 runs the torch experts (capture: their sync-free twin). Tolerances: fp32, only the
     padding rows and the paged attention's split count (no host length hint in the runner's batches) differ:
     reordered sums, 1e-5 on CPU; on the GPU fp32 Triton dots run in tf32 (FP32_TOL); bf16 adds a few 2^-9
@@ -171,8 +168,8 @@ def test_decode_runner_padding_matches_forward_step(capture: bool, dtype: torch.
 
     config = MiniMaxConfig.preset("tiny")
     model = make_model(config, dtype=dtype).to(DEV)
-    stores = [model.new_store(4 + extra, num_kv_blocks=30 + extra, kv_block_size=4) for extra in (1, 0)]
-    runner = DecodeGraphRunner(model, stores[0], max_model_len=64, sizes=(1, 2, 4), capture=capture)
+    runner = DecodeGraphRunner(model, max_model_len=64, sizes=(1, 2, 4), capture=capture)
+    stores = [m.new_store(4, num_kv_blocks=30, kv_block_size=4) for m in (runner, model)]
     tol = FP32_TOL if dtype == torch.float32 else 2e-2
     assert runner.sizes == (1, 2, 4) and runner.size_for(3) == 4 and runner.size_for(5) is None
     lens = [5, 9, 2]
@@ -180,13 +177,13 @@ def test_decode_runner_padding_matches_forward_step(capture: bool, dtype: torch.
     prompt = random_ids(1, sum(lens), config.vocab_size, seed=5)[0].to(DEV)
     for store, sl in zip(stores, slots):
         batch = BatchInfo(sl, [0] * 3, lens, device=DEV)
-        assert runner.run(prompt, batch) is None  # not a decode step: left to forward_step
-        model.forward_step(prompt, batch, store)
+        assert runner.replay(prompt, batch) is None  # not a decode step: left to model.step
+        model.step(prompt, batch, store)
     for step in range(2):
         tokens = random_ids(1, 3, config.vocab_size, seed=6 + step)[0].to(DEV)
         pos = [n + step for n in lens]
-        got = runner.run(tokens, BatchInfo(slots[0], pos, [1] * 3, device=DEV))
-        ref = model.forward_step(tokens, BatchInfo(slots[1], pos, [1] * 3, device=DEV), stores[1])
+        got = runner.replay(tokens, BatchInfo(slots[0], pos, [1] * 3, device=DEV))
+        ref = model.step(tokens, BatchInfo(slots[1], pos, [1] * 3, device=DEV), stores[1])
         assert got.shape == ref.shape and rel(got, ref) <= tol, rel(got, ref)
     assert [stores[0].seq_lens[s] for s in slots[0]] == [n + 2 for n in lens]
     assert runner.capture == capture and (sorted(runner.graphs) == [4] if capture else not runner.graphs)

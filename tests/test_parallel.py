@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import minimax01.checkpoint_reader as checkpoint_reader
 import minimax01.parallel.loading as loading
+from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError
 from minimax01.parallel.group import Layout, ParallelGroups, init_distributed
@@ -92,18 +94,18 @@ def _worker(setup: dict, world: int, out_dir: Path) -> None:
     rank = dist.get_rank()
     opened: list[str] = []
     reads: list[tuple[str, int]] = []
-    real_open = loading.safe_open
+    real_open = checkpoint_reader.safe_open
 
     def recording_open(path: str, **kw):  # noqa: ANN003, ANN202
         opened.append(Path(path).name)
         return _RecordingHandle(real_open(path, **kw), reads)
 
-    loading.safe_open = recording_open  # this process only (forked child)
+    checkpoint_reader.safe_open = recording_open  # this process only (forked child)
     results = []
     for tp, ep, dtype in LAYOUTS[world]:
         opened.clear()
         reads.clear()
-        model = init_parallel_model(setup["ckpt"], tp, ep, dtype, "cpu")
+        model = init_parallel_model(setup["ckpt"], tp, ep, dtype, "cpu", model_cls=MiniMaxForCausalLM)
         local_bytes = sum(t.numel() * 8 for t in model.state_dict().values())  # the checkpoint is fp64
         r = greedy(model, setup["ids"], setup["mask"], STEPS)
         results.append({"layout": (tp, ep, str(dtype)), "prefill": r.prefill_logits, "tokens": r.tokens,

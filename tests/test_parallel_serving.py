@@ -22,7 +22,8 @@ from minimax01.config import MiniMaxConfig
 from minimax01.engine import LLMEngine
 from minimax01.parallel.group import init_distributed
 from minimax01.parallel.launch import free_port, spawn
-from minimax01.parallel.lockstep import LockstepModel, WorldSpec, follow, join_world
+from minimax01.parallel.lockstep import LockstepModel, follow
+from minimax01.parallel.world import WorldSpec, join_world
 from minimax01.sampling import SamplingParams
 from conftest import make_model, random_ids
 
@@ -62,7 +63,7 @@ def _rank(ckpt: Path, vocab: int, out_dir: Path) -> None:
     lockstep = LockstepModel(model, group)
     result = drive(lockstep, vocab)
     with pytest.raises(ValueError, match="last new_store"):  # a store the followers do not mirror
-        lockstep.forward_step(torch.zeros(1, dtype=torch.long), BatchInfo([0], [0], [1]), model.new_store(1))
+        lockstep.step(torch.zeros(1, dtype=torch.long), BatchInfo([0], [0], [1]), model.new_store(1))
     lockstep.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         lockstep.new_store(1)

@@ -20,8 +20,8 @@ from minimax01 import quant
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError
 from minimax01.kernels.moe_ref import experts_ref
-from minimax01.kernels.w8a16 import dequantize
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.kernels.w8a16_ref import dequantize
+from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.model.moe import MoEExperts
 from minimax01.quant import (
     Int8Linear,
@@ -34,7 +34,7 @@ from minimax01.quant import (
 
 @pytest.fixture(scope="module")
 def tiny() -> MiniMaxForCausalLM:
-    """The tiny model in fp32 (the accuracy reference) with the SPEC §11 init; tests copy it, never mutate it."""
+    """The tiny model in fp32 (the accuracy reference) with the docs/model.md §11 init; tests copy it, never mutate it."""
     return make_model(MiniMaxConfig.preset("tiny"), seed=0, dtype=torch.float32)
 
 

@@ -1,4 +1,4 @@
-"""The int8 weight-only Triton kernels (kernels/w8a16.py: the dense w8a16 GEMM; kernels/moe_triton.py with its
+"""The int8 weight-only Triton kernels (kernels/w8a16_triton.py: the dense w8a16 GEMM; kernels/moe_triton.py with its
 int8 flag: the grouped experts) against the torch references on the same int8 weights. Runs under
 TRITON_INTERPRET=1 on CPU (tests/triton_harness.py says how), compiled on CUDA."""
 
@@ -11,9 +11,10 @@ from triton_harness import DEV, only_where_kernels_run, relaunch_test, triton_ba
 
 pytest.importorskip("triton")
 
-from minimax01.kernels import moe_decode  # noqa: E402
+from minimax01.kernels import moe_experts_int8  # noqa: E402
+from minimax01.kernels.dispatch import GEMV_MAX_TOKENS, W8A16_TRITON_MAX_M  # noqa: E402
 from minimax01.kernels.moe_ref import experts_ref  # noqa: E402
-from minimax01.kernels.w8a16 import TRITON_MAX_M, dequantize, moe_experts_int8, w8a16_linear_ref  # noqa: E402
+from minimax01.kernels.w8a16_ref import dequantize, w8a16_linear_ref  # noqa: E402
 from minimax01.quant import Int8Linear, quantize_weight  # noqa: E402
 
 test_relaunch_under_interpreter = relaunch_test(__file__)
@@ -29,7 +30,7 @@ def on_dev(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("M,N,K", [(1, 48, 80), (5, 64, 128), (17, 40, 96), (64, 32, 64)])
 def test_w8a16_matches_reference(triton_backend: None, dtype: torch.dtype, tol: float, M: int, N: int,
                                  K: int) -> None:
-    from minimax01.kernels.w8a16 import w8a16_linear_triton
+    from minimax01.kernels.w8a16_triton import w8a16_linear_triton
 
     g = torch.Generator().manual_seed(M * N + K)
     x = torch.randn(M, K, generator=g).to(dtype)
@@ -47,7 +48,7 @@ def test_dispatch(triton_backend: None) -> None:
     lin = Int8Linear(w, s)
     x = torch.randn(3, 32, generator=g).bfloat16().to(DEV)
     torch.testing.assert_close(lin(x), w8a16_linear_ref(x, lin.weight, lin.weight_scale), rtol=2e-2, atol=2e-2)
-    big = torch.randn(TRITON_MAX_M + 1, 32, generator=g).bfloat16().to(DEV)  # above the kernel's rows: torch
+    big = torch.randn(W8A16_TRITON_MAX_M + 1, 32, generator=g).bfloat16().to(DEV)  # above the kernel's rows: torch
     torch.testing.assert_close(lin(big), w8a16_linear_ref(big, lin.weight, lin.weight_scale), rtol=0, atol=0)
 
 
@@ -64,7 +65,7 @@ def test_grouped_moe(triton_backend: None, T: int) -> None:
     x = torch.randn(T, H, generator=g).bfloat16()
     w13, s13, w2, s2, ids, weights, x = on_dev(w13, s13, w2, s2, ids, weights, x)
     out = triton_experts(x, weights, ids, w13, w2, w13_scale=s13, w2_scale=s2)
-    if T > moe_decode.MAX_TOKENS:  # the dispatch picks the grouped kernels (below: the GEMVs, test_moe_decode)
+    if T > GEMV_MAX_TOKENS:  # the dispatch picks the grouped kernels (below: the GEMVs, test_moe_decode)
         torch.testing.assert_close(moe_experts_int8(x, weights, ids, w13, w2, s13, s2), out, rtol=0, atol=0)
     ref = experts_ref(x.double(), weights.double(), ids, dequantize(w13, s13, torch.float64),
                       dequantize(w2, s2, torch.float64))

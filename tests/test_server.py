@@ -2,7 +2,7 @@
 
 The server process runs this file as a script (`python tests/test_server.py --model DIR --port N ...`): it loads
 the tiny checkpoint exactly as `minimax01 serve` does and builds the server with `build_server`, the same code
-path. The one test-only addition is a *scripted model*: a wrapper of `model.forward_step` that, for sequences
+path. The one test-only addition is a *scripted model*: a wrapper of `model.step` that, for sequences
 whose prompt contains TRIGGER, overwrites the logits so that the model writes one of SCRIPTS (text and/or a
 native `<function_call>` block) and then EOS. Everything downstream is real: sampling, detokenization, the streaming
 tool-call parser, SSE framing, the client's parsing. Prompts without TRIGGER get the random model's own logits.
@@ -47,7 +47,7 @@ def install_script(model: Any, tokenizer: Any) -> None:
     (k: the first script that the text generated so far is a prefix of), and raise on a chunk containing CRASH.
     Works per logits row, from the sequence's whole token history, so it is indifferent to batching and
     chunked prefill."""
-    real_step = model.forward_step
+    real_step = model.step
     history: dict[int, list[int]] = {}  # slot -> token ids of the sequence in it
     eos = tokenizer.eos_token_id
 
@@ -83,12 +83,13 @@ def install_script(model: Any, tokenizer: Any) -> None:
                 logits[r, token] = 0.0
         return logits
 
-    model.forward_step = forward_step
+    model.step = forward_step
 
 
 def server_main(argv: list[str]) -> None:
-    from minimax01.server.app import DEFAULT_MAX_BODY_BYTES
-    from minimax01.server.serve import build_server, load_checkpoint, run_server
+    from minimax01.loading import load_for_serving
+    from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES
+    from minimax01.server.serve import build_server, run_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -96,7 +97,7 @@ def server_main(argv: list[str]) -> None:
     ap.add_argument("--api-key")
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     args = ap.parse_args(argv)
-    model, tokenizer, stop_ids, _ = load_checkpoint(args.model, "fp32", "cpu")
+    model, tokenizer, stop_ids = load_for_serving(args.model, "fp32", "cpu")
     install_script(model, tokenizer)
     server = build_server(model, tokenizer, MODEL, api_key=args.api_key, max_num_seqs=MAX_NUM_SEQS,
                           max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=256, kv_block_size=16,
@@ -233,7 +234,7 @@ def test_metrics_exposition_format(server: str) -> None:
 
 
 def test_chat_non_streaming_and_streaming_agree(client: Any, tokenizer: Any) -> None:
-    from minimax01.chat import render_chat
+    from minimax01.chat.template import render_chat
 
     kw = {"messages": user("Hello there"), "max_tokens": 10, "seed": 7, "temperature": 1.0, "top_p": 0.9,
               "logprobs": True, "top_logprobs": 3}

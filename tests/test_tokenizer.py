@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from minimax01.chat import BOS, CHAT_TEMPLATE, EOS, FUNCTION_CALL, SPECIAL_TOKENS, UNK
+from minimax01.chat.template import CHAT_TEMPLATE
 from minimax01.errors import CheckpointError
+from minimax01.special_tokens import BOS, EOS, FUNCTION_CALL, SPECIAL_TOKENS, UNK
 from minimax01.tokenizer import MiniMaxTokenizer, load_tokenizer, stop_token_ids, train_tiny_tokenizer
 
-REFERENCE = Path("/work/shared/reference/MiniMax-Text-01.tokenizer_config.json")
+# The tokenizer_config.json released with MiniMax-Text-01 (its chat template and special tokens).
+REFERENCE = Path(__file__).parent / "data" / "MiniMax-Text-01.tokenizer_config.json"
 
 TEXTS = [
     "",
@@ -68,8 +70,7 @@ def test_written_tokenizer_config(tiny_dir: Path):
         "model_max_length": 40960000, "tokenizer_class": "GPT2Tokenizer", "unk_token": UNK,
         "chat_template": CHAT_TEMPLATE,
     }
-    if REFERENCE.is_file():
-        assert cfg == json.loads(REFERENCE.read_text(encoding="utf-8"))
+    assert cfg == json.loads(REFERENCE.read_text(encoding="utf-8"))
 
 
 # --- encode / decode ---------------------------------------------------------------------------------------

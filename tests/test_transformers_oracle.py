@@ -1,6 +1,6 @@
 """Second, external oracle: transformers 5.17's own `MiniMaxForCausalLM` on a random tiny model.
 
-Known differences of transformers' in-tree MiniMax, handled here (SPEC §9):
+Known differences of transformers' in-tree MiniMax, handled here (docs/model.md §10):
 - #1 RoPE width: it rotates the FULL head (it ignores `partial_rotary_factor`/`rotary_dim`), while the original
   rotates only the first `rotary_dim` dims. So OUR config gets rotary_dim = head_dim for the comparison; a
   guard test shows that with the original partial RoPE the two models differ by O(1) logit-std.
@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from minimax01.config import MiniMaxConfig
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 from conftest import PROMPT_LEN, make_model, random_ids, to_v5_names
 
 transformers = pytest.importorskip("transformers")
 
 # Both models compute in fp32 with the same weights; they differ in summation order only (block sizes,
 # eager vs SDPA attention, expert accumulation). Measured: 3e-6 logit-std max, the same as our own fp32-vs-fp64
-# difference (4e-6), and SPEC §11 expects ~1e-5 for a correct fp32 implementation. 5e-5 leaves 10x margin and is
+# difference (4e-6), and docs/model.md §11 expects ~1e-5 for a correct fp32 implementation. 5e-5 leaves 10x margin and is
 # still 30000x below the partial-RoPE difference (1.5 logit-std) the guard test shows.
 TOLERANCE_STD = 5e-5
 
@@ -38,7 +38,7 @@ def full_rope_config(tiny_config: MiniMaxConfig) -> MiniMaxConfig:
 
 
 def transformers_config(c: MiniMaxConfig) -> Any:
-    """The same model in transformers' spelling (SPEC §1.2); `layer_types` always given, since transformers'
+    """The same model in transformers' spelling (docs/model.md §1.2); `layer_types` always given, since transformers'
     default would start with a softmax layer."""
     return transformers.MiniMaxConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
@@ -46,7 +46,7 @@ def transformers_config(c: MiniMaxConfig) -> Any:
         num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim, num_local_experts=c.num_local_experts,
         num_experts_per_tok=c.num_experts_per_tok, rms_norm_eps=c.rms_norm_eps, block_size=c.block_size,
         layer_types=["full_attention" if t else "linear_attention" for t in c.attn_type_list],
-        # transformers ignores partial_rotary_factor (SPEC §9 #1); we write it so that OUR loader, reading
+        # transformers ignores partial_rotary_factor (docs/model.md §10 #1); we write it so that OUR loader, reading
         # the config.json transformers saves, builds the same full-width RoPE.
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta,
                          "partial_rotary_factor": c.rotary_dim / c.head_dim},
@@ -58,7 +58,7 @@ def transformers_config(c: MiniMaxConfig) -> Any:
 
 
 def use_original_slopes(model: Any) -> None:
-    """Rewrite transformers' slope_rate/decay buffers with the original layer factor (SPEC §9 #5), using its own
+    """Rewrite transformers' slope_rate/decay buffers with the original layer factor (docs/model.md §10 #5), using its own
     `decay_factors` so that only the factor changes."""
     L = model.config.num_hidden_layers
     for i, layer in enumerate(model.model.layers):
@@ -113,7 +113,7 @@ def test_matches_transformers(ours: MiniMaxForCausalLM, ids: torch.Tensor, their
 
 def test_partial_rope_differs_from_transformers(ours: MiniMaxForCausalLM, tiny_config: MiniMaxConfig,
                                                 ids: torch.Tensor, their_logits: torch.Tensor) -> None:
-    """Guard (and documentation of SPEC §9 #1): the ORIGINAL partial RoPE — our default — is not what
+    """Guard (and documentation of docs/model.md §10 #1): the ORIGINAL partial RoPE — our default — is not what
     transformers computes, so the comparison above can fail."""
     partial = MiniMaxForCausalLM(tiny_config).float().eval()
     partial.load_state_dict(ours.state_dict())

@@ -1,4 +1,4 @@
-"""Checkpoint I/O (weights.py): save/load round trips, transformers-v5 and TF4 names (SPEC §2.2), no random
+"""Checkpoint I/O (weights.py): save/load round trips, transformers-v5 and TF4 names (docs/model.md §2.2), no random
 init while loading, and an error naming the file and tensor for every kind of broken checkpoint."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError
-from minimax01.model.model import MiniMaxForCausalLM
-from minimax01.weights import INDEX_FILE, SINGLE_FILE
+from minimax01.causal_lm import MiniMaxForCausalLM
+from minimax01.checkpoint_reader import INDEX_FILE, SINGLE_FILE
 from conftest import make_model, random_ids, to_v5_names
 
 WriteCheckpoint = Callable[..., Path]
@@ -130,7 +130,7 @@ def test_v5_gate_up_order_matters(small_model: MiniMaxForCausalLM, small_config:
 
 def test_tf4_derived_buffers_are_ignored(small_model: MiniMaxForCausalLM, small_config: MiniMaxConfig,
                                          ids: torch.Tensor, tmp_path: Path) -> None:
-    """transformers v4 saves its decay tables (in bf16) next to the weights (SPEC §2.2); they are derived data."""
+    """transformers v4 saves its decay tables (in bf16) next to the weights (docs/model.md §2.2); they are derived data."""
     state = {k: t.contiguous().clone() for k, t in small_model.state_dict().items()}
     H = small_config.num_attention_heads
     for i in small_config.linear_layers:

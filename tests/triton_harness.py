@@ -43,12 +43,10 @@ def only_where_kernels_run(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def triton_backend() -> Iterator[None]:
     """Route the public dispatch functions to Triton for the test, whatever the device."""
-    from minimax01 import kernels
+    import minimax01.kernels as kernels
 
-    before = kernels.get_backend()
-    kernels.set_backend("triton")
-    yield
-    kernels.set_backend(before)
+    with kernels.use_backend("triton"):
+        yield
 
 
 def prefill_decode_logits(model, ids: torch.Tensor, mask: torch.Tensor,  # noqa: ANN001

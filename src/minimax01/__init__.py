@@ -2,7 +2,7 @@
 
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError, MiniMaxError, RequestError
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 
 __all__ = [
     "MiniMaxConfig",

@@ -11,6 +11,8 @@ and how many new tokens it brings (`num_new`). Tokens of all sequences are conca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +24,24 @@ class OutOfSlots(RuntimeError):
     """No free sequence slot or KV block is left in the store's budget."""
 
 
+@dataclass(frozen=True)
+class StateLayout:
+    """The heads whose per-sequence state a model keeps, as its layers hold them: under tensor parallelism only
+    this rank's share, fewer than the config's. Sizes a StateStore and the engine's KV budget."""
+
+    lightning_heads: int  # heads of each lightning layer's fp32 state [heads, head_dim, head_dim]
+    kv_heads: int  # key/value heads of each softmax layer's paged cache
+
+    @classmethod
+    def full(cls, config: MiniMaxConfig) -> StateLayout:
+        """Every head of the config (an unsharded model)."""
+        return cls(config.num_attention_heads, config.num_key_value_heads)
+
+    def kv_bytes_per_token(self, config: MiniMaxConfig, dtype: torch.dtype) -> int:
+        """Keys + values of one token in every softmax layer (0 without softmax layers)."""
+        return 2 * len(config.full_layers) * self.kv_heads * config.head_dim * dtype.itemsize
+
+
 @dataclass
 class BatchInfo:
     """Describes one flattened step. Python lists drive the reference loops; tensors feed kernels."""
@@ -30,9 +50,10 @@ class BatchInfo:
     start_pos: list[int]  # tokens already in the cache for each sequence
     num_new: list[int]  # new tokens of each sequence in this step
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # Built for CUDA-graph replay (engine/cuda_graph.py): the host lists are placeholders, so kernels must not
-    # specialise on them (warm-up, capture and every replay then launch the same kernel variants).
-    graph_static: bool = False
+    # Host hint of the longest sequence after this step (max start_pos + num_new), for kernels that size their
+    # launch by it. Default: computed from the lists. None: no hint (a step whose lists are placeholders, e.g.
+    # one captured in a CUDA graph and replayed at other lengths); kernels then read lengths on the device only.
+    max_seq_len: int | None = -1
 
     def __post_init__(self) -> None:
         if not (len(self.slots) == len(self.start_pos) == len(self.num_new)):
@@ -41,6 +62,8 @@ class BatchInfo:
         for n in self.num_new:
             self.cu_seqlens.append(self.cu_seqlens[-1] + n)
         self.num_tokens = self.cu_seqlens[-1]
+        if self.max_seq_len == -1:
+            self.max_seq_len = max((s + n for s, n in zip(self.start_pos, self.num_new)), default=0)
         pos = [torch.arange(s, s + n) for s, n in zip(self.start_pos, self.num_new)]
         self.positions = (torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long)).to(self.device)
         self.slots_t = torch.tensor(self.slots, dtype=torch.long, device=self.device)
@@ -67,8 +90,7 @@ class StateStore:
         num_kv_blocks: int | None = None,
         kv_block_size: int = 64,
         state_dtype: torch.dtype = torch.float32,
-        num_heads: int | None = None,  # lightning heads held here (tensor parallel: this rank's); None = config's
-        num_kv_heads: int | None = None,  # softmax kv heads held here; None = config's
+        layout: StateLayout | None = None,  # heads held here; None = the config's (an unsharded model)
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -76,8 +98,8 @@ class StateStore:
         self.max_seqs = max_seqs
         self.kv_block_size = kv_block_size
         self.growable = num_kv_blocks is None
-        H, D = num_heads or config.num_attention_heads, config.head_dim
-        KVH = num_kv_heads or config.num_key_value_heads
+        layout = layout or StateLayout.full(config)
+        H, KVH, D = layout.lightning_heads, layout.kv_heads, config.head_dim
         # Layer index (global) -> index into the lightning / KV tensors.
         self.linear_index = {layer: i for i, layer in enumerate(config.linear_layers)}
         self.full_index = {layer: i for i, layer in enumerate(config.full_layers)}
@@ -219,6 +241,15 @@ class StateStore:
         """Advances the stored lengths after a successful step."""
         for slot, n in zip(batch.slots, batch.num_new):
             self.seq_lens[slot] += n
+
+    @contextmanager
+    def advance(self, batch: BatchInfo) -> Iterator[torch.Tensor]:
+        """The bookkeeping around one step of a model: `prepare` before (yields the flat KV positions [T] where
+        the softmax layers write), `commit` after, only when the step raised nothing. Every way of running a
+        step (the model's own, a CUDA-graph replay) goes through it, so they cannot drift apart."""
+        kv_pos = self.prepare(batch)
+        yield kv_pos
+        self.commit(batch)
 
     def kv_positions(self, slot: int, length: int) -> torch.Tensor:
         """Flat cache positions [length] of the first `length` tokens of `slot` (a device view, reserved by

@@ -1,6 +1,6 @@
 """MiniMaxConfig: reads both config.json spellings (original `minimax_text_01` and transformers `minimax`),
 validates every field with an error that names the key, and knows the parameter/memory arithmetic that
-`minimax01 info` and `minimax01 plan` print without allocating anything (SPEC §1)."""
+`minimax01 info` and `minimax01 plan` print without allocating anything (docs/model.md §1)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from minimax01.errors import ConfigError
 LINEAR, FULL = 0, 1  # attn_type_list values: 0 = lightning (linear) attention, 1 = softmax attention
 _LAYER_TYPE_NAMES = {"linear_attention": LINEAR, "full_attention": FULL}
 
-# DeepNorm alpha for an 80-layer model: (2 * 80) ** 0.25 (SPEC §1.1).
+# DeepNorm alpha for an 80-layer model: (2 * 80) ** 0.25 (docs/model.md §1.1).
 _TEXT01_ALPHA = 3.5565588200778455
 
-# (original key, transformers key) pairs for the DeepNorm residual factors (SPEC §1.2).
+# (original key, transformers key) pairs for the DeepNorm residual factors (docs/model.md §1.2).
 _ALPHA_BETA_KEYS = [
     ("layernorm_full_attention_alpha", "full_attn_alpha_factor"),
     ("layernorm_full_attention_beta", "full_attn_beta_factor"),
@@ -133,7 +133,7 @@ class MiniMaxConfig:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "MiniMaxConfig":
-        """Accepts the original spelling and the transformers spelling (SPEC §1.2)."""
+        """Accepts the original spelling and the transformers spelling (docs/model.md §1.2)."""
         if not isinstance(raw, dict):
             raise ConfigError(f"config must be a JSON object, got {type(raw).__name__}")
         d = dict(raw)
@@ -220,7 +220,7 @@ class MiniMaxConfig:
             if key not in kw:
                 raise ConfigError(f"config is missing required key '{key}'")
         if "attn_type_list" not in kw:
-            # transformers' own default starts with full attention at layer 0 (SPEC §1.2): never guess.
+            # transformers' own default starts with full attention at layer 0 (docs/model.md §1.2): never guess.
             raise ConfigError("config has no layer pattern: set 'attn_type_list' (original) or 'layer_types' "
                               "(transformers)")
         try:
@@ -341,7 +341,7 @@ def _text01() -> dict[str, Any]:
 
 
 def _tiny() -> dict[str, Any]:
-    # 16 layers so that global and linear layer indices differ in the slope factor (SPEC §11); 4 heads
+    # 16 layers so that global and linear layer indices differ in the slope factor (docs/model.md §11); 4 heads
     # (power of two) with head_dim 16 and partial RoPE on 8 dims.
     return dict(vocab_size=512, hidden_size=64, num_hidden_layers=16, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, intermediate_size=96, num_local_experts=4,

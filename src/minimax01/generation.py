@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from minimax01.engine import LLMEngine, RequestOutput
+from minimax01.engine.engine import LLMEngine, RequestOutput
+from minimax01.engine.protocol import StepModel
 from minimax01.errors import RequestError
 from minimax01.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from minimax01.model.model import MiniMaxForCausalLM
     from minimax01.tokenizer import MiniMaxTokenizer
 
 
@@ -82,7 +82,7 @@ def _row_seeds(seed: int | list[int] | None, batch: int) -> list[int | None]:
 
 
 def generate(
-    model: MiniMaxForCausalLM,
+    model: StepModel,
     input_ids: torch.Tensor | list[list[int]] | None = None,
     attention_mask: torch.Tensor | None = None,
     *,

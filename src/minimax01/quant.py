@@ -4,7 +4,7 @@ Per-output-channel symmetric int8: for each output row r of a weight W [out, in]
 `scale[r] = max_k |W[r, k]| / 127` (computed in fp32) and `q[r, k] = round(W[r, k] / scale[r])` in [-127, 127].
 Every nn.Linear becomes an `Int8Linear` (int8 `weight` [out, in] + fp32 `weight_scale` [out]) and the stacked
 experts become `Int8MoEExperts` (int8 `w13`/`w2` + fp32 `w13_scale` [E, 2I] / `w2_scale` [E, H]), except the
-modules the official int8 recipe keeps in bf16 (`modules_to_not_convert`, SPEC §2.1): `lm_head`,
+modules the official int8 recipe keeps in bf16 (`modules_to_not_convert`, docs/model.md §2.1): `lm_head`,
 `embed_tokens`, the router `block_sparse_moe.gate` (routing decisions are discrete: a flipped top-2 choice
 costs more than any rounding); norms are not Linear layers and stay as they are.
 
@@ -26,14 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from minimax01 import kernels
+import minimax01.kernels as kernels
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError, ConfigError
 from minimax01.model.moe import MoEExperts
 
 QUANT_METHOD = "minimax01-int8"  # `quantization_config.quant_method` written to config.json
 METHODS = ("int8",)
-# Module names (suffixes) kept in the model dtype, the official recipe's list (SPEC §2.1; `coefficient`
+# Module names (suffixes) kept in the model dtype, the official recipe's list (docs/model.md §2.1; `coefficient`
 # names the shared-expert mixer, absent in Text-01).
 MODULES_TO_NOT_CONVERT = ("lm_head", "embed_tokens", "block_sparse_moe.gate", "coefficient")
 _QMAX = 127  # symmetric: -128 is never produced, so q and -q are both representable
@@ -98,14 +98,6 @@ class Int8MoEExperts(MoEExperts):
         w13, w13_scale = quantize_weight(experts.w13.detach())  # rows of w13[e] are w1/w3 output channels
         w2, w2_scale = quantize_weight(experts.w2.detach())
         return cls(w13, w13_scale, w2, w2_scale)
-
-    def original_views(self) -> dict[str, torch.Tensor]:
-        views = super().original_views()
-        for e in range(self.num_experts):
-            views[f"{e}.w1.weight_scale"] = self.w13_scale[e, : self.inter]
-            views[f"{e}.w3.weight_scale"] = self.w13_scale[e, self.inter:]
-            views[f"{e}.w2.weight_scale"] = self.w2_scale[e]
-        return views
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return kernels.moe_experts_int8(x, weights, ids, self.w13, self.w2, self.w13_scale, self.w2_scale)

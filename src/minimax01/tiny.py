@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from minimax01.chat import EOS
 from minimax01.config import MiniMaxConfig, default_attn_type_list
 from minimax01.errors import CheckpointError, ConfigError
-from minimax01.model.model import MiniMaxForCausalLM, init_random_weights_
+from minimax01.model.model import MiniMaxLM, init_random_weights_
+from minimax01.special_tokens import EOS
 from minimax01.tokenizer import load_tokenizer, train_tiny_tokenizer
+from minimax01.weights import save_pretrained
 
 #: Overrides the cache directory (tests point it at a temp dir so they never touch the real user cache).
 CACHE_ENV = "MINIMAX01_CACHE_DIR"
@@ -68,11 +69,11 @@ def write_tiny_checkpoint(out_dir: str | os.PathLike[str], seed: int = 0, layers
     if eos_id is None:  # pragma: no cover - train_tiny_tokenizer always adds the special tokens
         raise CheckpointError(f"{out}: trained tokenizer has no {EOS} token")
 
-    model = MiniMaxForCausalLM(tiny_config(tok.vocab_size, layers))
+    model = MiniMaxLM(tiny_config(tok.vocab_size, layers))
     init_random_weights_(model, seed)
     model = model.to(torch.bfloat16)  # the released checkpoint's dtype
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    model.save_pretrained(out, max_shard_bytes=total // MIN_SHARDS)
+    save_pretrained(model, out, max_shard_bytes=total // MIN_SHARDS)
     generation_config = {"eos_token_id": eos_id}
     (out / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n", encoding="utf-8")
     return out

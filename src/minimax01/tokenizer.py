@@ -1,7 +1,7 @@
-"""MiniMax-Text-01 tokenizer: a thin typed wrapper around a `tokenizers` byte-level BPE (SPEC §7.1).
+"""MiniMax-Text-01 tokenizer: a thin typed wrapper around a `tokenizers` byte-level BPE.
 
-Also: stop-token lookup from a checkpoint directory, incremental (streaming) detokenization, and a tiny
-deterministic tokenizer for tests and tiny checkpoints.
+Also: the raw bytes of one token (byte-level detokenization), stop-token lookup from a checkpoint directory,
+incremental (streaming) detokenization, and a tiny deterministic tokenizer for tests and tiny checkpoints.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from functools import lru_cache
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from minimax01.chat import BOS, CHAT_TEMPLATE, DEFAULT_EOS_TOKEN_ID, EOS, SPECIAL_TOKENS, UNK, render_chat
+from minimax01.chat.template import CHAT_TEMPLATE, render_chat
 from minimax01.errors import CheckpointError
+from minimax01.special_tokens import BOS, DEFAULT_EOS_TOKEN_ID, EOS, SPECIAL_TOKENS, UNK
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -53,6 +55,21 @@ def _chat_template_of(config: dict[str, Any], path: Path) -> str | None:
     raise CheckpointError(f"{path}: chat_template must be a string or a list with a 'default' entry")
 
 
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of the byte-level BPE alphabet (GPT-2 scheme): printable bytes map to themselves, the others to
+    U+0100 upwards in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
 class MiniMaxTokenizer:
     """Encode/decode and chat templating. Nothing is added automatically: the template writes every marker."""
 
@@ -86,9 +103,18 @@ class MiniMaxTokenizer:
         """Token string (byte-level form) of an id, None if out of range."""
         return self.tokenizer.id_to_token(token_id)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token (a lone token may hold part of a UTF-8 character, which `decode` would
+        turn into U+FFFD)."""
+        piece = self.id_to_token(token_id) or ""
+        table = _byte_decoder()
+        if all(c in table for c in piece):
+            return bytes(table[c] for c in piece)
+        return piece.encode("utf-8")  # special tokens added as whole strings
+
     def apply_chat_template(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True,
                             tokenize: bool = True) -> list[int] | str:
-        """Renders messages (OpenAI-style accepted, see chat.normalize_messages); token ids unless tokenize=False."""
+        """Renders messages (OpenAI-style accepted, see chat.messages); token ids unless tokenize=False."""
         text = render_chat(messages, tools, add_generation_prompt, chat_template=self.chat_template)
         return self.encode(text) if tokenize else text
 

@@ -1,185 +1,54 @@
-"""Checkpoint I/O: safetensors streaming and the tensor-name mapping (original <-> transformers v5).
+"""Single-process checkpoint loading and saving: a Hugging Face checkpoint directory <-> a whole model.
 
-Loading builds the model on the meta device (no random init, no allocation), allocates the parameters once
-on the target device, then copies the checkpoint in tensor by tensor from memory-mapped shards, so the
-checkpoint never sits in RAM twice. Every problem raises CheckpointError naming the file and tensor.
+Loading builds the model on the meta device (no random init, no allocation), allocates the parameters once on
+the target device, then copies the checkpoint in tensor by tensor from memory-mapped shards
+(checkpoint_reader.py), so the checkpoint never sits in RAM twice. Both tensor-name schemes load (original and
+transformers v5, model/checkpoint_names.py); saving writes the original names.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
+from minimax01.checkpoint_reader import INDEX_FILE, SINGLE_FILE, Read, read_checkpoint, shard_files
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import CheckpointError
-from minimax01.model.model import MiniMaxForCausalLM
-from minimax01.quant import checkpoint_quantization, quantize_, quantize_weight
-
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-
-# transformers v5 MoE names (SPEC §2.2). gate_up_proj [E, 2I, H] = w1 rows then w3 rows = our stacked w13.
-_V5_GATE = re.compile(r"^(model\.layers\.\d+)\.mlp\.gate\.weight$")
-_V5_GATE_UP = re.compile(r"^(model\.layers\.\d+)\.mlp\.experts\.gate_up_proj$")
-_V5_DOWN = re.compile(r"^(model\.layers\.\d+)\.mlp\.experts\.down_proj$")
-# Derived lightning buffers that transformers v4 saves into its state_dict; not weights, recomputed in fp32.
-_DERIVED_BUFFERS = re.compile(r"\.self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$")
-_FLOAT_DTYPES = {"BF16", "F16", "F32", "F64"}
+from minimax01.model.checkpoint_names import v5_names
+from minimax01.model.model import MiniMaxLM
+from minimax01.quant import checkpoint_quantization, quantize_
 
 
-@dataclass
-class Target:
-    tensor: torch.Tensor  # where the checkpoint tensor is copied (a parameter or a view of one)
-    covers: list[str]  # original-name keys this tensor fills
-    scale: Target | None = None  # int8 weights: their per-channel scales (filled when quantizing on load)
-
-
-def checkpoint_targets(model: MiniMaxForCausalLM) -> tuple[dict[str, Target], set[str]]:
-    """Maps every accepted checkpoint name (original and v5) to its destination, and returns the set of
-    original names that must be filled."""
-    state = model.state_dict()
-    targets = {name: Target(t, [name]) for name, t in state.items()}
+def checkpoint_targets(model: MiniMaxLM) -> tuple[dict[str, Read], set[str]]:
+    """Maps every accepted checkpoint name (original and v5) to where it goes in `model`, and returns the set
+    of original names that must be filled."""
+    state = model.state_dict()  # original names -> parameters, or views of the experts' stacks
+    params = dict(model.named_parameters())
+    targets = {name: Read(t, tuple(t.shape), [name]) for name, t in state.items()}
     for name, t in state.items():
-        if t.dtype == torch.int8:
+        if t.dtype == torch.int8:  # its scales are NAME_scale, filled too when a float tensor is quantized
             targets[name].scale = targets[name + "_scale"]
     required = set(state)
     if model.config.tie_word_embeddings:
         required.discard("lm_head.weight")
-    for i, layer in enumerate(model.model.layers):
-        prefix = f"model.layers.{i}"
-        experts = layer.block_sparse_moe.experts
-        targets[f"{prefix}.mlp.gate.weight"] = Target(layer.block_sparse_moe.gate.weight.data,
-                                                      [f"{prefix}.block_sparse_moe.gate.weight"])
-        w13_keys = [f"{prefix}.block_sparse_moe.experts.{e}.{w}.weight" for e in range(experts.num_experts)
-                    for w in ("w1", "w3")]
-        w2_keys = [f"{prefix}.block_sparse_moe.experts.{e}.w2.weight" for e in range(experts.num_experts)]
-        targets[f"{prefix}.mlp.experts.gate_up_proj"] = Target(experts.w13.data, w13_keys)
-        targets[f"{prefix}.mlp.experts.down_proj"] = Target(experts.w2.data, w2_keys)
-        if experts.w13.dtype == torch.int8:  # quant.Int8MoEExperts
-            targets[f"{prefix}.mlp.experts.gate_up_proj"].scale = Target(
-                experts.w13_scale.data, [k + "_scale" for k in w13_keys])
-            targets[f"{prefix}.mlp.experts.down_proj"].scale = Target(
-                experts.w2_scale.data, [k + "_scale" for k in w2_keys])
+    for name, v5 in v5_names(model.config).items():
+        param = params[v5.param].data
+        targets[name] = Read(param, tuple(param.shape), list(v5.covers))
+        if param.dtype == torch.int8:
+            scale = params[v5.param + "_scale"].data
+            targets[name].scale = Read(scale, tuple(scale.shape), [k + "_scale" for k in v5.covers])
     return targets, required
 
 
-def _shard_files(directory: Path) -> dict[Path, list[str] | None]:
-    """Shard file -> the keys the index promises in it (None = no index, read whatever the file holds)."""
-    index_path = directory / INDEX_FILE
-    if index_path.exists():
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index_path}: not a valid safetensors index ({e!r})") from None
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index_path}: 'weight_map' must be an object")
-        files: dict[Path, list[str]] = {}
-        for key, fname in weight_map.items():
-            files.setdefault(directory / fname, []).append(key)
-        for f in files:
-            if not f.exists():
-                raise CheckpointError(f"{f}: shard listed in {INDEX_FILE} is missing")
-        return dict(files)
-    single = directory / SINGLE_FILE
-    if single.exists():
-        return {single: None}
-    raise CheckpointError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
-
-
-def iter_checkpoint(directory: str | Path, progress: bool = True) -> Iterator[tuple[Path, str, Any]]:
-    """Yields (file, key, safetensors slice) for every tensor, shard by shard, memory-mapped."""
-    directory = Path(directory)
-    files = _shard_files(directory)
-    bar = tqdm(files.items(), desc="Loading shards", unit="shard", file=sys.stderr,
-               disable=not progress or len(files) == 0)
-    for path, promised in bar:
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
-        with handle as f:
-            keys = list(f.keys())
-            if promised is not None:
-                absent = sorted(set(promised) - set(keys))
-                if absent:
-                    raise CheckpointError(f"{path}: {INDEX_FILE} lists {absent[0]!r} (and {len(absent) - 1} "
-                                          f"more) in this shard but the file does not contain it")
-            for key in keys:
-                try:
-                    yield path, key, f.get_slice(key)
-                except Exception as e:
-                    raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from None
-
-
-def load_state_into(model: MiniMaxForCausalLM, directory: str | Path, progress: bool = True) -> None:
-    """Copies a checkpoint directory into an allocated model, checking names, shapes and dtypes."""
-    targets, required = checkpoint_targets(model)
-    filled: dict[str, Path] = {}
-    unexpected: list[str] = []
-    for path, key, sl in iter_checkpoint(directory, progress):
-        if _DERIVED_BUFFERS.search(key):
-            continue
-        target = targets.get(key)
-        if target is None:
-            unexpected.append(f"{key} (in {path.name})")
-            continue
-        dtype = sl.get_dtype()
-        int8_target = target.tensor.dtype == torch.int8
-        if not (dtype in _FLOAT_DTYPES or (int8_target and dtype == "I8")):
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype}; expected a floating type "
-                                  f"({', '.join(sorted(_FLOAT_DTYPES))})" + (" or I8" if int8_target else ""))
-        quantize_on_load = int8_target and dtype != "I8"  # a float checkpoint loaded with quantize="int8"
-        covers = target.covers + (target.scale.covers if quantize_on_load else [])
-        for k in covers:
-            if k in filled:
-                raise CheckpointError(f"{path}: tensor {key!r} is also stored in {filled[k].name}")
-        shape = tuple(sl.get_shape())
-        if shape != tuple(target.tensor.shape):
-            raise CheckpointError(f"{path}: tensor {key!r} has shape {list(shape)}, the config "
-                                  f"expects {list(target.tensor.shape)}")
-        try:
-            tensor = sl[:]
-        except Exception as e:
-            raise CheckpointError(f"{path}: cannot read tensor {key!r} (truncated file?): {e}") from None
-        with torch.no_grad():
-            if quantize_on_load:  # on the target device: one tensor's fp32 work chunk at a time
-                q, scale = quantize_weight(tensor.to(target.tensor.device))
-                target.tensor.copy_(q)
-                target.scale.tensor.copy_(scale)
-            else:
-                target.tensor.copy_(tensor)
-        for k in covers:
-            filled[k] = path
-    check_complete(directory, unexpected, required, filled)
-
-
-def check_complete(directory: str | Path, unexpected: list[str], required: set[str], filled: Iterable[str]) -> None:
-    """Raises CheckpointError for tensors the model does not know, or required tensors never read."""
-    if unexpected:
-        raise CheckpointError(f"{directory}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
-                              f"is this a MiniMax-Text-01 checkpoint?")
-    missing = sorted(required - set(filled))
-    if missing:
-        raise CheckpointError(f"{directory}: {len(missing)} tensor(s) missing from the checkpoint, "
-                              f"e.g. {missing[0]!r}")
-
-
 def build_empty(config: MiniMaxConfig, dtype: torch.dtype, device: str | torch.device,
-                quantize: str | None = None) -> MiniMaxForCausalLM:
+                quantize: str | None = None, model_cls: type[MiniMaxLM] = MiniMaxLM) -> MiniMaxLM:
     """The model with allocated but uninitialised parameters (built on meta first: no random init; with
     `quantize`, the quantized structure is made on meta too, so float weights are never allocated)."""
     with torch.device("meta"):
-        model = MiniMaxForCausalLM(config)
+        model = model_cls(config)
     model = model.to(dtype)
     if quantize:  # after .to(dtype), which would round the fp32 scales
         quantize_(model, quantize)
@@ -190,21 +59,53 @@ def build_empty(config: MiniMaxConfig, dtype: torch.dtype, device: str | torch.d
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                    progress: bool = True, quantize: str | None = None) -> MiniMaxForCausalLM:
+                    progress: bool = True, quantize: str | None = None,
+                    model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto") -> MiniMaxLM:
+    """Loads a Hugging Face checkpoint directory into a new `model_cls` (the network, or a subclass such as the
+    public `MiniMaxForCausalLM`), checking names, shapes and dtypes. `load_format="dummy"` reads only
+    config.json and draws random weights (`dummy_weights_`): for benchmarks at real dimensions without a
+    checkpoint of hundreds of GB on disk."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
     config = MiniMaxConfig.from_pretrained(directory)
     if not dtype.is_floating_point:
         raise CheckpointError(f"dtype must be a floating type, got {dtype}")
-    _shard_files(directory)  # fail on a missing shard before allocating anything
+    if check_load_format(load_format) == "dummy":
+        model = dummy_weights_(build_empty(config, dtype, device, model_cls=model_cls))
+        return quantize_(model, quantize) if quantize else model
+    shard_files(directory)  # fail on a missing shard before allocating anything
     # An int8 checkpoint is built int8; a float one with quantize="int8" is quantized tensor by tensor on load.
-    model = build_empty(config, dtype, device, quantize or checkpoint_quantization(config))
-    load_state_into(model, directory, progress)
+    model = build_empty(config, dtype, device, quantize or checkpoint_quantization(config), model_cls)
+    targets, required = checkpoint_targets(model)
+    read_checkpoint(directory, targets, targets.keys(), required, progress)
     return model
 
 
-def save_pretrained(model: MiniMaxForCausalLM, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
+LOAD_FORMATS = ("auto", "dummy")
+
+
+def check_load_format(load_format: str) -> str:
+    if load_format not in LOAD_FORMATS:
+        raise CheckpointError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    return load_format
+
+
+@torch.no_grad()
+def dummy_weights_(model: MiniMaxLM, seed: int = 0) -> MiniMaxLM:
+    """Random weights drawn on the model's device (seconds even at real dimensions): N(0, 1/fan_in) for every
+    matrix, so activations stay O(1) through any number of layers, and norm weights 1. Deterministic for a seed
+    and device type, but meant for timing, not for comparing numbers across layouts."""
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    return model
+
+
+def save_pretrained(model: MiniMaxLM, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
     """config.json + `model-0000X-of-0000Y.safetensors` + index (or one `model.safetensors` if it fits),
     original tensor names."""
     directory = Path(path)

@@ -1,5 +1,12 @@
-"""Continuous-batching inference engine (synchronous core; the server wraps it in an asyncio loop)."""
+"""Continuous-batching inference engine (synchronous core; the server wraps it in an asyncio loop).
+
+- protocol.py: `StepModel`, everything the engine uses of a model.
+- engine.py: `LLMEngine`, the loop (requests in, one model step per iteration, sampled tokens out).
+- scheduler.py: which requests run in the next step, and with how many tokens.
+- cuda_graph.py: `DecodeGraphRunner`, a StepModel that replays decode steps from CUDA graphs.
+"""
 
 from minimax01.engine.engine import EngineStats, LLMEngine, RequestOutput, default_stop_ids
+from minimax01.engine.protocol import StepModel
 
-__all__ = ["EngineStats", "LLMEngine", "RequestOutput", "default_stop_ids"]
+__all__ = ["EngineStats", "LLMEngine", "RequestOutput", "StepModel", "default_stop_ids"]

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from minimax01.cache import BatchInfo
-from minimax01.chat import DEFAULT_EOS_TOKEN_ID
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
+from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
 from minimax01.sampling import Sampler, SamplingParams, StopChecker, make_generator
+from minimax01.special_tokens import DEFAULT_EOS_TOKEN_ID
 
 if TYPE_CHECKING:
-    from minimax01.model.model import MiniMaxForCausalLM
     from minimax01.tokenizer import MiniMaxTokenizer
 
 # max_model_len when neither it nor a KV budget is given: Text-01 accepts 10M positions, but reserving KV
@@ -87,7 +87,7 @@ class LLMEngine:
     """Continuous batching over one StateStore of `max_num_seqs` slots.
 
     Args:
-        model: the model; its device and dtype are used for the state store.
+        model: the model (engine/protocol.py: config, device, dtype, state layout, stores and steps).
         tokenizer: needed for text output and stop strings; without it `new_text` is always "".
         max_num_seqs: sequences decoded together (StateStore slots: one fp32 lightning state each).
         max_model_len: prompt + generated tokens per request; default min(max_position_embeddings,
@@ -99,13 +99,13 @@ class LLMEngine:
         kv_cache_bytes: memory budget of the softmax-layer KV cache (used when num_kv_blocks is None).
         default_stop_token_ids: ids that end every request unless `ignore_eos`; default: see
             `default_stop_ids()`. A request's own `stop_token_ids` always apply.
-        cuda_graphs: replay pure-decode steps from CUDA graphs (engine/cuda_graph.py); default: on for CUDA
-            with the Triton kernels unless MINIMAX01_CUDA_GRAPHS=0.
+        cuda_graphs: wrap the model in a DecodeGraphRunner, which replays pure-decode steps from CUDA graphs
+            (engine/cuda_graph.py); default: on for CUDA with the Triton kernels unless MINIMAX01_CUDA_GRAPHS=0.
     """
 
     def __init__(
         self,
-        model: MiniMaxForCausalLM,
+        model: StepModel,
         tokenizer: MiniMaxTokenizer | None = None,
         max_num_seqs: int = 8,
         max_model_len: int | None = None,
@@ -117,17 +117,14 @@ class LLMEngine:
         cuda_graphs: bool | None = None,
     ) -> None:
         config = model.config
-        self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.max_num_seqs = _positive("max_num_seqs", max_num_seqs)
         self.max_num_batched_tokens = _positive("max_num_batched_tokens", max_num_batched_tokens)
         self.kv_block_size = _positive("kv_block_size", kv_block_size)
-        # KV heads as the softmax layers hold them (after tensor-parallel sharding: this rank's share).
-        kv_heads = next((layer.self_attn.num_kv_heads for layer in model.model.layers if not layer.is_linear), 0)
-        # Keys + values of every softmax layer; 0 without softmax layers (then there is no KV pool to size).
-        block_bytes = (2 * len(config.full_layers) * kv_block_size * kv_heads * config.head_dim
-                       * model.dtype.itemsize)
+        # Keys + values of every softmax layer, with the heads this rank holds (tensor parallel: its share);
+        # 0 without softmax layers (then there is no KV pool to size).
+        block_bytes = kv_block_size * model.state_layout.kv_bytes_per_token(config, model.dtype)
         if num_kv_blocks is None and kv_cache_bytes is not None:
             num_kv_blocks = _positive("kv_cache_bytes", kv_cache_bytes) // block_bytes if block_bytes else 1
             if num_kv_blocks == 0:
@@ -143,13 +140,12 @@ class LLMEngine:
         self.max_model_len = max_model_len
         if num_kv_blocks is None:
             num_kv_blocks = max_num_seqs * -(-max_model_len // kv_block_size) if block_bytes else 1
-        # CUDA graphs for decode steps: one more slot and KV block, the runner's padding dummy.
-        extra = int(graphs_enabled(model, cuda_graphs))
-        self.store = model.new_store(max_num_seqs + extra, num_kv_blocks=num_kv_blocks + extra,
-                                     kv_block_size=kv_block_size)
-        self.graphs = DecodeGraphRunner(model, self.store, max_model_len) if extra else None
-        if self.graphs is not None:
-            self.graphs.capture_all()  # a no-op off CUDA (capture=False)
+        # The StepModel the engine runs: the model itself, or the CUDA-graph runner around it.
+        self.graphs = (DecodeGraphRunner(model, max_model_len, capture_at_start=True)
+                       if graphs_enabled(model, cuda_graphs) else None)
+        self.model: StepModel = self.graphs if self.graphs is not None else model
+        # A graph runner captures every graph size here (a no-op off CUDA), before the first request.
+        self.store = self.model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
         self.scheduler = Scheduler(self.store, max_num_batched_tokens)
         self.sampler = Sampler()
         self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None
@@ -290,11 +286,7 @@ class LLMEngine:
         rows = [i for i, c in enumerate(chunks) if c.samples]
         try:
             tokens_t = torch.tensor(tokens, dtype=torch.long, device=device)
-            logits_index = batch.last_token_index[rows]
-            logits = self.graphs.run(tokens_t, batch, logits_index) if self.graphs is not None else None
-            if logits is None:  # not a decode step, larger than the graphs, or graphs off
-                logits = self.model.forward_step(tokens_t, batch, self.store, logits_index=logits_index)
-            return logits
+            return self.model.step(tokens_t, batch, self.store, logits_index=batch.last_token_index[rows])
         except Exception:
             # The step may have half-updated these slots' states in place: they cannot continue. Fail them
             # (their final outputs come with the next step) and let the caller see the error.

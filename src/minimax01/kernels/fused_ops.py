@@ -1,12 +1,13 @@
-"""Fused small ops (issue 9 item 4): RMSNorm, RMSNorm + sigmoid output gate, partial RoPE on q and k in one
-launch, SiLU·mul. Each replaces a chain of torch element-wise kernels that read and write the whole activation
-every step; the torch twins (the oracles in tests and the path off CUDA) are the model's own functions:
-`model.norm.rms_norm` / `rms_norm_gate`, `model.attention.apply_partial_rope`, `kernels.silu_mul_ref`.
+"""Fused small ops: RMSNorm, RMSNorm + sigmoid output gate, partial RoPE on q and k in one launch, SiLU·mul.
+Each replaces a chain of torch element-wise kernels that read and write the whole activation every step; the
+torch twins (the oracles in tests and the path off CUDA) are `norm_ref.rms_norm` / `rms_norm_gate`,
+`attention_ref.rope_ref_` (`apply_partial_rope` on q and k) and `moe_ref.silu_mul_ref`.
 
 Numerics: every kernel rounds where its twin rounds, so bf16 results agree bit for bit up to the last fp32
 ulp of exp / rsqrt / cos and of the order of the sum of squares (a rare 1-ulp bf16 difference):
-- statistics, RoPE angles and products in fp32 (SPEC §10); each intermediate that torch stores in the
-  activation dtype (normed x, weight·normed, sigmoid, silu) is rounded to it here too (`_round`);
+- statistics, RoPE angles and products in fp32, as the original model computes them; each intermediate that
+  torch stores in the activation dtype (normed x, weight·normed, sigmoid, silu) is rounded to it here too
+  (`_round`);
 - divisions are IEEE (div_rn) like torch's CUDA kernels, and the launches disable fp fusion so that
   `a·b + c·d` stays two rounded products and a rounded sum, as torch's separate mul / add kernels compute it.
 None of the wrappers reads a device value on the host: they run inside CUDA-graph capture. (Triton skips
@@ -19,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01.kernels.lightning_triton import cast, interpreting
+from minimax01.kernels.triton_common import cast, interpreting
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_NORM_WIDTH = 32768  # a whole row per program, in registers: 64 fp32 values per thread at 16 warps
@@ -57,7 +58,7 @@ def _row_block(T, N, ROWS: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _rms_norm_rows(x_ptr, w_ptr, rows, cols, mask, stride_x, N, inv_n, eps, INTERPRET: tl.constexpr):
-    """weight · (x / rms(x)) of a block of rows, rounded like model.norm.rms_norm: fp32 statistics, the
+    """weight · (x / rms(x)) of a block of rows, rounded like norm_ref.rms_norm: fp32 statistics, the
     normalised value rounded to x's dtype, then the product with the weight rounded again. fp32 [ROWS, BLOCK].
     The mean is sum · (1/N), as torch's CUDA mean computes it."""
     dtype: tl.constexpr = x_ptr.dtype.element_ty
@@ -151,7 +152,7 @@ def _norm_grid(T: int, n: int) -> tuple[tuple[int], dict]:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., N], weight [N] -> [..., N]: model.norm.rms_norm in one pass."""
+    """x [..., N], weight [N] -> [..., N]: norm_ref.rms_norm in one pass."""
     n = x.shape[-1]
     rows = x.reshape(-1, n)
     out = torch.empty_like(rows)

@@ -1,9 +1,9 @@
-"""Torch reference of lightning attention (SPEC §3): the oracle for the Triton kernels and the CPU path.
+"""Torch reference of lightning attention (docs/model.md §3): the oracle for the Triton kernels and the CPU path.
 
 Per head (d = e = head_dim) with decay rate s (λ = exp(-s)):
     S_t = λ·S_{t-1} + k_tᵀ v_t          (fp32 state [d, e])
     o_t = q_t · S_t                       (current token undecayed)
-No scaling, no normalisation, no RoPE. The dtype handling follows the original code (SPEC §3.4/3.5) so
+No scaling, no normalisation, no RoPE. The dtype handling follows the original code (docs/model.md §3.4/3.5) so
 that bf16 results are bit-close to it; in fp32/fp64 every cast is a no-op.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 def build_slopes(num_heads: int) -> list[float]:
     """ALiBi slopes: 2^(-8(h+1)/H) for a power-of-two H; otherwise the closest lower power of two P's slopes
-    followed by every other slope of 2P (SPEC §3.2)."""
+    followed by every other slope of 2P (docs/model.md §3.2)."""
 
     def power_of_two(n: int) -> list[float]:
         start = 2 ** (-(2 ** -(math.log2(n) - 3)))
@@ -44,7 +44,7 @@ def lightning_prefill_ref(
     state: torch.Tensor | None = None,  # [H, D, E] fp32 initial state (None = zeros)
     block: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-chunked prefill of one sequence (SPEC §3.4). Returns (o [H, n, E] in q.dtype, state [H, D, E] fp32).
+    """Block-chunked prefill of one sequence (docs/model.md §3.4). Returns (o [H, n, E] in q.dtype, state [H, D, E] fp32).
 
     Within a block: O = (Q ∘ λ^(j+1)) @ S  +  ((Q Kᵀ) ∘ λ^(j−t) for j≥t) @ V; then S ← λ^m S + (K ∘ λ^(m−1−t))ᵀ V.
     """
@@ -78,7 +78,7 @@ def lightning_decode_ref(
     decay: torch.Tensor,  # [H] fp32
     state: torch.Tensor,  # [B, H, D, E] fp32 (or fp64 in tests), updated IN PLACE
 ) -> torch.Tensor:
-    """One recurrent step (SPEC §3.5): S = λS + kᵀv (outer product in the model dtype, added in fp32);
+    """One recurrent step (docs/model.md §3.5): S = λS + kᵀv (outer product in the model dtype, added in fp32);
     o = q @ S.to(model dtype). Returns o [B, H, E] in q.dtype."""
     ratio = torch.exp(-decay.to(device=q.device, dtype=state.dtype)).view(1, -1, 1, 1)
     outer = (k.unsqueeze(-1) * v.unsqueeze(-2)).to(state.dtype)  # [B, H, D, E]
@@ -89,7 +89,7 @@ def lightning_decode_ref(
 def lightning_recurrence_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, state: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-by-token recurrence of SPEC §3.3 for one sequence ([H, n, D]); the mathematical definition."""
+    """Token-by-token recurrence of docs/model.md §3.3 for one sequence ([H, n, D]); the mathematical definition."""
     H, n, D = q.shape
     st = torch.zeros(1, H, D, v.shape[-1], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
                      device=q.device) if state is None else state.unsqueeze(0).clone()

@@ -1,4 +1,4 @@
-"""Triton lightning attention (SPEC §3.3-3.5) over the flattened variable-length batch.
+"""Triton lightning attention (docs/model.md §3.3-3.5) over the flattened variable-length batch.
 
 Prefill: one program per (sequence, head, value-column block). It walks its sequence in chunks of C = 64
 tokens and keeps the fp32 state slice S[:, e0:e0+BE] in registers for the whole sequence, so the state never
@@ -21,39 +21,11 @@ place (S = λS + kᵀv in fp32) and writes o = qS. One read and one write of the
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def interpreting() -> bool:
-    """Whether Triton runs under its CPU interpreter (TRITON_INTERPRET=1, the CPU tests). The interpreter gets
-    two bf16 operations wrong: tl.dot on bf16 operands returns garbage (numpy has no bf16) and fp32→bf16
-    conversion truncates. The kernels route both through `dot` and `cast`, which fix them up there."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@triton.jit
-def dot(a, b, acc, INTERPRET: tl.constexpr):
-    """tl.dot(a, b, acc). Interpreter: fp32 operands, the same function (bf16·bf16 products are exact in fp32
-    and the tensor cores accumulate in fp32 too)."""
-    if INTERPRET:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
-
-
-@triton.jit
-def cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """x.to(dtype). Interpreter: round fp32 to the nearest even bf16 first, as the GPU's conversion does."""
-    if INTERPRET and dtype == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
+from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms
 
 
 @triton.jit
@@ -152,11 +124,6 @@ def _check_state(states: torch.Tensor) -> None:
         raise ValueError("lightning states must be fp32 with contiguous [D, E] matrices")
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-
-
 def prefill_config(heads: int, value_dim: int, total_tokens: int, max_len: int, sms: int) -> dict:
     """Launch parameters (measured on an H100, docs/kernels.md). block_e: the widest value block that still
     gives about one program per SM for as long as the longest sequence runs (heads · E/BE · T/max_len
@@ -190,7 +157,7 @@ def prefill(
             raise ValueError("q, k, v need a contiguous last dim")
     # (Q ∘ decay)·S with S rounded to bf16 for 16-bit models (the carried state stays fp32).
     # fp32 inputs (tests) keep the fp32 product and, their tiles being twice as large, one stage less.
-    cfg = {**prefill_config(H, E, T, max_len or T, _num_sms(q.device)), **config}
+    cfg = {**prefill_config(H, E, T, max_len or T, num_sms(q.device)), **config}
     cfg.setdefault("inter_bf16", q.element_size() == 2)
     if q.element_size() > 2 and "num_stages" not in config:
         cfg["num_stages"] -= 1
@@ -229,7 +196,7 @@ def decode(
     B, H, D = q.shape
     E = v.shape[-1]
     _check_state(states)
-    cfg = decode_config(B, H, E, _num_sms(q.device))
+    cfg = decode_config(B, H, E, num_sms(q.device))
     block_e = min(block_e or cfg["block_e"], E)
     num_warps = num_warps or cfg["num_warps"]
     out = torch.empty(B, H, E, dtype=q.dtype, device=q.device)

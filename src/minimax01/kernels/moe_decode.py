@@ -7,14 +7,14 @@ in a graph) and tensor-core tiles of which one row in 16 is real. Here nothing i
 its expert id straight from the routing output.
 
 - `route`: one program per token turns the router logits into renormalised top-k weights and ids (softmax in
-  fp32, SPEC §10): one kernel for what torch does in five (softmax, topk, sum, div, cast).
+  fp32): one kernel for what torch does in five (softmax, topk, sum, div, cast).
 - up GEMV: program (assignment a = t·k + j, column block) computes silu(w1[e]·x_t) ⊙ (w3[e]·x_t) for BN
   intermediate columns, fp32 accumulation, one rounding (like moe_triton's up kernel).
 - down GEMV: program (token t, column block) sums over the token's k experts: Σ_j w_j · w2[e_j]·act_a in fp32,
   rounded once (the grouped path rounds each expert's share before adding: a smaller error here).
 
 The same expert picked by two tokens is streamed twice, so this pays only while tokens are few
-(`MAX_TOKENS`); the grouped kernels take over above.
+(`dispatch.GEMV_MAX_TOKENS`); the grouped kernels (moe_triton.py) take over above.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01.kernels.lightning_triton import cast, interpreting
-
-MAX_TOKENS = 2  # up to here the per-token GEMVs beat the sorted grouped kernels (docs/kernels.md)
+from minimax01.kernels.triton_common import cast, interpreting
 
 
 @triton.jit
@@ -101,7 +99,7 @@ def _down_gemv_kernel(act_ptr, w_ptr, s_ptr, ids_ptr, rw_ptr, y_ptr, N, K, strid
 
 
 def route(logits: torch.Tensor, top_k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """model.moe.route in one kernel: logits [T, E] -> (weights [T, k] in dtype, ids [T, k] int64)."""
+    """moe_ref.route_ref in one kernel: logits [T, E] -> (weights [T, k] in dtype, ids [T, k] int64)."""
     T, E = logits.shape
     weights = torch.empty(T, top_k, dtype=dtype, device=logits.device)
     ids = torch.empty(T, top_k, dtype=torch.int64, device=logits.device)

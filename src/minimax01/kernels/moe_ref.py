@@ -1,4 +1,4 @@
-"""Torch reference of the expert mixture (SPEC §6): the oracle for the grouped-GEMM kernels."""
+"""Torch reference of the expert mixture (docs/model.md §6): the oracle for the grouped-GEMM kernels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grouped expert GEMMs for the top-k mixture (SPEC §6), no Python loop over experts.
+"""Grouped expert GEMMs for the top-k mixture (torch reference: moe_ref.py), no Python loop over experts.
 
 Plan (all on the device, no host sync, so the decode step can be captured in a CUDA graph):
 1. Sort the T·k (token, expert) assignments by expert: `order` [T·k], row offsets `offs` [E+1], and the
@@ -13,13 +13,13 @@ active expert, so the kernels stream only the active experts' weights (weight-ba
 tokens (prefill) large tiles make them tensor-core bound. The grid is an upper bound on the number of row
 blocks (T·k/BM + min(E, T·k)); surplus programs exit at once.
 
-The same two kernels serve int8 experts (quant.py, called from w8a16.moe_experts_int8) under the constexpr
+The same two kernels serve int8 experts (quant.py, through the op `moe_experts_int8`) under the constexpr
 INT8_W: int8 weight tiles are widened to the activation dtype in registers (exact) and the fp32 accumulators
 are multiplied by the per-output-channel scales after the K loop (before the SwiGLU in the up kernel, before
 the routing weight in the down kernel): half the weight bytes for the bandwidth-bound decode.
 
 `torch._grouped_mm` (CUTLASS) is the alternative for the compute-bound case: `grouped_mm_experts` uses it
-with the same sort; the dispatcher picks whichever was faster on the device (docs/kernels.md).
+with the same sort; kernels/dispatch.py picks whichever was faster on the device (docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01 import kernels
-from minimax01.kernels.lightning_triton import cast, dot, interpreting
+from minimax01.kernels.fused_ops import silu_mul
+from minimax01.kernels.triton_common import cast, dot, interpreting, widen
 
 
 @triton.jit
@@ -57,21 +57,12 @@ def _swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _widen(w, like, INTERPRET: tl.constexpr):
-    """int8 tile -> the activation dtype (exact for |q| <= 127). The CPU interpreter casts int8 -> bf16
-    wrongly (Triton 3.9): there the tile goes to fp32, which its fp32 `dot` (lightning_triton) uses anyway."""
-    if INTERPRET:
-        return w.to(tl.float32)
-    return w.to(like.dtype)
-
-
-@triton.jit
 def _weight_tile(ptrs, nmask, like, INT8_W: tl.constexpr, INTERPRET: tl.constexpr):
     """Weight tile [BK, BN] ready for the dot with `like`: as stored, or int8 widened in registers (its
     per-channel scale multiplies the fp32 accumulator after the K loop, once instead of per tile)."""
     w = tl.load(ptrs, mask=nmask[None, :], other=0)
     if INT8_W:
-        w = _widen(w, like, INTERPRET)
+        w = widen(w, like, INTERPRET)
     return w
 
 
@@ -224,10 +215,6 @@ def triton_experts(
     return y.view(T, topk, hidden).sum(1)  # the k partial outputs of each token (fp32 accumulate, one rounding)
 
 
-def grouped_mm_available(device: torch.device) -> bool:
-    return device.type == "cuda" and hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 def grouped_mm_experts(
     x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -237,20 +224,9 @@ def grouped_mm_experts(
     order, _, offs = sort_by_expert(ids, w13.shape[0])
     ends = offs[1:]
     h = torch._grouped_mm(x[order // topk], w13.transpose(1, 2), offs=ends)  # [T·k, 2I]
-    act = kernels.silu_mul(h)  # [T·k, I] silu(w1 x) ⊙ w3 x, one fused pass over h
+    act = silu_mul(h)  # [T·k, I] silu(w1 x) ⊙ w3 x, one fused pass over h
     y_sorted = torch._grouped_mm(act, w2.transpose(1, 2), offs=ends)  # [T·k, hidden]
     y = torch.empty_like(y_sorted)
     y[order] = y_sorted * weights.reshape(-1)[order, None]
     return y.view(T, topk, hidden).sum(1)
 
-
-# Assignments per expert from which torch._grouped_mm beats the Triton kernels (measured, docs/kernels.md).
-GROUPED_MM_MIN_ROWS_PER_EXPERT = 64
-
-
-def experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: torch.Tensor,
-            w2: torch.Tensor) -> torch.Tensor:
-    """Dispatch: Triton kernels for few tokens, the CUTLASS grouped GEMM for many (where available)."""
-    if ids.numel() >= GROUPED_MM_MIN_ROWS_PER_EXPERT * w13.shape[0] and grouped_mm_available(x.device):
-        return grouped_mm_experts(x, weights, ids, w13, w2)
-    return triton_experts(x, weights, ids, w13, w2)

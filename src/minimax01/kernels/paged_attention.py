@@ -1,5 +1,6 @@
-"""Triton paged decode attention (softmax layers, SPEC §4): one new query token per sequence against that
+"""Triton paged decode attention of the softmax layers: one new query token per sequence against that
 sequence's keys and values read in place from the paged KV pool of the StateStore, through its block table.
+Torch reference: attention_ref.paged_decode_ref.
 
 Flash-decoding: the key range [0, L) of a sequence is cut into `splits` equal ranges (whole tiles of BN
 tokens); one program per (sequence, kv head, split) runs an fp32 online softmax over its range for all
@@ -19,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01.kernels.lightning_triton import _num_sms, cast, dot, interpreting
+from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms
 
 LOG2E = 1.4426950408889634
 
@@ -141,7 +142,7 @@ def decode(
             raise ValueError("q and the KV pools need a contiguous last dim")
     G = H // KVH
     if splits is None:
-        splits = num_splits(B, KVH, max_len, _num_sms(q.device), block_n)
+        splits = num_splits(B, KVH, max_len, num_sms(q.device), block_n)
     o_part = torch.empty(B, H, splits, D, dtype=torch.float32, device=q.device)
     m_part = torch.empty(B, H, splits, dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)

@@ -1,4 +1,4 @@
-"""Decoder layer, SPEC §5: post-norm DeepNorm residuals whose residual branch is the NORMED input:
+"""Decoder layer, docs/model.md §5: post-norm DeepNorm residuals whose residual branch is the NORMED input:
     xn = input_layernorm(h);           h1 = α_attn·xn + β_attn·Attn(xn)
     yn = post_attention_layernorm(h1); h2 = α_mlp·yn + β_mlp·MoE(yn)
 """

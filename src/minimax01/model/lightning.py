@@ -1,4 +1,4 @@
-"""Lightning (linear) attention layer, SPEC §3. Per-head interleaved qkv, SiLU on q, k and v, per-layer decay
+"""Lightning (linear) attention layer, docs/model.md §3. Per-head interleaved qkv, SiLU on q, k and v, per-layer decay
 from the GLOBAL layer index, one RMSNorm over all heads (eps 1e-6), sigmoid output gate, out_proj."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimax01 import kernels
+import minimax01.kernels as kernels
 from minimax01.cache import BatchInfo, StateStore
 from minimax01.config import MiniMaxConfig
 from minimax01.kernels.lightning_ref import layer_decay_rates
@@ -27,7 +27,7 @@ class LightningAttention(nn.Module):
         self.norm = RMSNorm(inner, eps=config.lightning_norm_eps)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
         # fp32 decay rates kept OUT of the module's buffers so that model.to(bf16) never rounds them
-        # (transformers stores them as buffers and loses precision, SPEC §9 #4).
+        # (transformers stores them as buffers and loses precision, docs/model.md §10 #4).
         self._decay = layer_decay_rates(self.num_heads, layer_idx, config.num_hidden_layers)
 
     def decay(self, device: torch.device) -> torch.Tensor:

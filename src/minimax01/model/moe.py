@@ -1,8 +1,9 @@
-"""Top-2 mixture of SwiGLU experts, SPEC §6. Router softmax in fp32, top-k, renormalised.
+"""Top-2 mixture of SwiGLU experts (docs/model.md). Router softmax in fp32, top-k, renormalised.
 
 Expert weights are stored stacked (`w13` [E, 2I, H] = w1 rows then w3 rows, `w2` [E, H, I]) so that grouped
 GEMM kernels see one tensor, but `state_dict()` exposes the original per-expert names
-`experts.{e}.w1.weight` / `w3` / `w2` as views (no copy), so checkpoints round-trip unchanged.
+`experts.{e}.w1.weight` / `w3` / `w2` as views (no copy; the names come from model/checkpoint_names.py), so
+checkpoints round-trip unchanged.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minimax01 import kernels
+import minimax01.kernels as kernels
 from minimax01.config import MiniMaxConfig
+from minimax01.model.checkpoint_names import expert_parts
 
 
 def route(router_logits: torch.Tensor, top_k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,13 +30,11 @@ class MoEExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, inter))  # [E, H, I]
 
     def original_views(self) -> dict[str, torch.Tensor]:
-        """Original checkpoint names -> views into the stacked parameters."""
-        views = {}
-        for e in range(self.num_experts):
-            views[f"{e}.w1.weight"] = self.w13[e, : self.inter]
-            views[f"{e}.w3.weight"] = self.w13[e, self.inter:]
-            views[f"{e}.w2.weight"] = self.w2[e]
-        return views
+        """Original checkpoint names -> views into the stacked parameters (int8 experts, quant.Int8MoEExperts:
+        their per-channel scales too)."""
+        int8 = self.w13.dtype == torch.int8
+        return {name: getattr(self, stacked)[index]
+                for name, (stacked, index) in expert_parts(self.num_experts, self.inter, int8).items()}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - torch hook signature
         for name, view in self.original_views().items():

@@ -1,14 +1,15 @@
-"""The sharding transform: `shard_(model, groups)` turns a built MiniMaxForCausalLM (full weights, or still on
+"""The sharding transform: `shard_(model, groups)` turns a built MiniMaxLM (full weights, or still on
 the meta device before sharded loading) into this rank's part, in place. The model code is not forked: its
 modules keep their forward methods and parameter names and only see fewer heads / experts; the collectives
 enter through forward hooks on the attention modules and two small modules (the lightning norm statistic,
 the expert mixture).
 
 What each rank keeps (see group.py for the Layout):
-- Lightning layers: heads [h0, h1) of `qkv_proj` (rows are per-head interleaved [q|k|v] (SPEC §3.1), so a
-  contiguous row block is whole heads), `output_gate` rows and `norm.weight` of those heads, `out_proj`
+- Lightning layers: heads [h0, h1) of `qkv_proj` (rows are per-head interleaved [q|k|v], docs/model.md §3.1, so
+  a contiguous row block is whole heads), `output_gate` rows and `norm.weight` of those heads, `out_proj`
   columns (row-parallel: partial sums all-reduced over the attention block), decay rates of those heads.
-  The RMSNorm spans all heads (SPEC §3.6): its sum of squares is all-reduced, eps and mean over the full width.
+  The RMSNorm spans all heads (docs/model.md §3.6): its sum of squares is all-reduced, eps and mean over the
+  full width.
 - Softmax layers: q heads [h0, h1); kv heads split when tp divides num_key_value_heads, otherwise each rank
   keeps the one kv head its q heads read (GQA maps q head h to kv head h // (H / KVH)), replicated over the
   tp / KVH ranks that share it; `o_proj` row-parallel.
@@ -27,17 +28,16 @@ from torch import nn
 from minimax01.config import MiniMaxConfig
 from minimax01.errors import ConfigError
 from minimax01.model.attention import SoftmaxAttention
+from minimax01.model.checkpoint_names import Index, split_expert_name
 from minimax01.model.lightning import LightningAttention
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.model.model import MiniMaxLM
 from minimax01.model.moe import MoEExperts, SparseMoE, route
 from minimax01.model.norm import RMSNorm
 from minimax01.parallel.group import Layout, ParallelGroups, Reduce, split_range
 
-Index = tuple[slice, ...]  # index of a rank's part in a full tensor; () = all of it
-
 _ATTN_PARAM = re.compile(r"^model\.layers\.\d+\.self_attn\.(qkv_proj|output_gate|norm|out_proj|q_proj|k_proj|v_proj|"
                          r"o_proj)\.weight$")
-_EXPERT_PARAM = re.compile(r"^model\.layers\.\d+\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
+_STACKED_EXPERTS = re.compile(r"\.experts\.(w13|w2)$")
 _ALL = slice(None)
 
 
@@ -69,8 +69,8 @@ def ownership(config: MiniMaxConfig, layout: Layout) -> Ownership:
 
 
 def param_index(name: str, config: MiniMaxConfig, own: Ownership) -> Index | None:
-    """This rank's part of the full tensor called `name` (original checkpoint name, SPEC §2.1): a tuple of
-    slices, () when replicated, None when the rank holds none of it (an expert of another group)."""
+    """This rank's part of the full tensor called `name` (original checkpoint name, docs/model.md §2.1): a
+    tuple of slices, () when replicated, None when the rank holds none of it (an expert of another group)."""
     D = config.head_dim
     (h0, h1), (k0, k1), (i0, i1) = own.heads, own.kv_heads, own.inter
     m = _ATTN_PARAM.match(name)
@@ -85,12 +85,26 @@ def param_index(name: str, config: MiniMaxConfig, own: Ownership) -> Index | Non
             "out_proj": (_ALL, slice(D * h0, D * h1)),
             "o_proj": (_ALL, slice(D * h0, D * h1)),
         }[m.group(1)]
-    m = _EXPERT_PARAM.match(name)
-    if m:
-        if not own.experts[0] <= int(m.group(1)) < own.experts[1]:
+    expert = split_expert_name(name)
+    if expert is not None and expert[2].endswith(".weight"):
+        _, e, projection = expert
+        if not own.experts[0] <= e < own.experts[1]:
             return None
-        return (_ALL, slice(i0, i1)) if m.group(2) == "w2" else (slice(i0, i1),)
+        return (_ALL, slice(i0, i1)) if projection == "w2.weight" else (slice(i0, i1),)
     return ()
+
+
+def param_parts(param: str, config: MiniMaxConfig, own: Ownership) -> list[Index]:
+    """This rank's part of the full model parameter `param`, as slices of it to concatenate along dim 1: the
+    one slice of `param_index`, except for the stacked experts (`experts.w13` [E, 2I, H] = w1 rows then w3 rows,
+    `experts.w2` [E, H, I]): this rank's experts and, of each, its intermediate slice (twice in w13)."""
+    m = _STACKED_EXPERTS.search(param)
+    if m is None:
+        return [param_index(param, config, own)]
+    (e0, e1), (i0, i1), inter = own.experts, own.inter, config.intermediate_size
+    if m.group(1) == "w13":
+        return [(slice(e0, e1), slice(i0, i1)), (slice(e0, e1), slice(inter + i0, inter + i1))]
+    return [(slice(e0, e1), _ALL, slice(i0, i1))]
 
 
 class ShardedRMSNorm(RMSNorm):
@@ -154,17 +168,18 @@ def _reduce_output(reduce: Reduce):  # noqa: ANN202 - forward-hook signature
     return lambda _module, _inputs, out: reduce(out)
 
 
-def _shard_experts_(experts: MoEExperts, own: Ownership) -> None:
-    (e0, e1), (i0, i1), inter = own.experts, own.inter, experts.inter
-    w13, w2 = experts.w13.data, experts.w2.data  # [E, 2I, H] (w1 rows then w3 rows), [E, H, I]
-    local_w13 = torch.cat([w13[e0:e1, i0:i1], w13[e0:e1, inter + i0:inter + i1]], dim=1)  # keeps w1 ; w3 order
-    experts.w13 = nn.Parameter(local_w13, requires_grad=experts.w13.requires_grad)
-    experts.w2 = nn.Parameter(w2[e0:e1, :, i0:i1].clone(), requires_grad=experts.w2.requires_grad)
+def _shard_experts_(experts: MoEExperts, name: str, config: MiniMaxConfig, own: Ownership) -> None:
+    """Keeps this rank's part of the stacked experts module `name` (the same slices sharded loading reads)."""
+    for stacked in ("w13", "w2"):
+        full = getattr(experts, stacked)
+        part = torch.cat([full.data[index] for index in param_parts(f"{name}.{stacked}", config, own)], dim=1)
+        setattr(experts, stacked, nn.Parameter(part, requires_grad=full.requires_grad))
+    (e0, e1), (i0, i1) = own.experts, own.inter
     experts.num_experts, experts.inter = e1 - e0, i1 - i0
 
 
 @torch.no_grad()
-def shard_(model: MiniMaxForCausalLM, groups: ParallelGroups) -> MiniMaxForCausalLM:
+def shard_(model: MiniMaxLM, groups: ParallelGroups) -> MiniMaxLM:
     """Keeps only this rank's part of `model` (in place) and installs the collectives of `groups`.
     Works on the meta device too (sharded loading shards first, then allocates and reads only its part)."""
     if getattr(model, "parallel", None) is not None:
@@ -177,7 +192,7 @@ def shard_(model: MiniMaxForCausalLM, groups: ParallelGroups) -> MiniMaxForCausa
             if index:
                 _narrow_(module, index)
     tp = groups.tp_reduce
-    for layer in model.model.layers:
+    for i, layer in enumerate(model.model.layers):
         attn = layer.self_attn
         if isinstance(attn, LightningAttention):
             h0, h1 = own.heads
@@ -193,7 +208,7 @@ def shard_(model: MiniMaxForCausalLM, groups: ParallelGroups) -> MiniMaxForCausa
                 attn.register_forward_hook(_reduce_output(tp))
         moe = layer.block_sparse_moe
         if groups.layout.world > 1:
-            _shard_experts_(moe.experts, own)
+            _shard_experts_(moe.experts, f"model.layers.{i}.block_sparse_moe.experts", config, own)
             layer.block_sparse_moe = ShardedMoE(moe, own.experts[0], config.num_local_experts, groups.moe_reduce)
     model.parallel = groups
     return model

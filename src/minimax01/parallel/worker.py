@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from minimax01.model.model import MiniMaxForCausalLM
+from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.parallel.group import init_distributed
 from minimax01.parallel.loading import init_parallel_model
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     init_distributed()
     tp = args.tp or dist.get_world_size()
-    model = init_parallel_model(args.model, tp, args.ep, _DTYPES[args.dtype])
+    model = init_parallel_model(args.model, tp, args.ep, _DTYPES[args.dtype], model_cls=MiniMaxForCausalLM)
     load_s = time.perf_counter() - t0
     tokenizer = None
     if args.input_ids is not None:

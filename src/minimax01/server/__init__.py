@@ -1,11 +1,6 @@
 """OpenAI-compatible HTTP server (FastAPI + uvicorn) over the continuous-batching engine.
 
-`serve.serve()` is what `minimax01 serve` runs; `create_app()` / `AsyncEngine` / `build_server()` are the pieces.
+`serve.serve()` is what `minimax01 serve` runs; `app.create_app()`, `runner.AsyncEngine` and
+`serve.build_server()` are the pieces. A request's path: middleware (body cap, metrics) -> routes ->
+chat_completions / completions (request_parsing, then the engine through runner) -> openai_format / streaming.
 """
-
-from minimax01.server.app import APIError, create_app
-from minimax01.server.runner import AsyncEngine, Generation, Submission
-from minimax01.server.serve import build_server, load_checkpoint, run_server
-
-__all__ = ["APIError", "AsyncEngine", "Generation", "Submission", "build_server", "create_app", "load_checkpoint",
-           "run_server"]

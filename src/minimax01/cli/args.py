@@ -1,0 +1,123 @@
+"""Argument parsing shared by the commands: one-line parser errors, size arguments ('8G', '4M'), the model
+flags (--model/--dtype/--device/--quantize/--tp/--ep/--load-format) and the sampling flags, each with its interpretation."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, NoReturn
+
+from minimax01.errors import RequestError
+
+DTYPES = ("bf16", "fp32")
+QUANTIZE = ("int8",)
+_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'minimax01 generate: error: ...' (exit 2), no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+def parse_tokens(value: str) -> int:
+    """'4M' -> 4194304, '128K' -> 131072, '1000000' -> 1000000 (binary suffixes, as context sizes are quoted)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)", value.strip().upper())
+    if m is None or float(m.group(1)) * _SUFFIXES[m.group(2)] < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a token count (e.g. 4M, 128K, 1000000)")
+    return int(float(m.group(1)) * _SUFFIXES[m.group(2)])
+
+
+def parse_bytes(value: str) -> int:
+    """'8G' -> 8 GiB, '512M', '1000' (binary suffixes)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)I?B?", value.strip().upper())
+    if m is None or float(m.group(1)) * _SUFFIXES[m.group(2)] < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count (e.g. 8G, 512M, 1000000)")
+    return int(float(m.group(1)) * _SUFFIXES[m.group(2)])
+
+
+# ---------------------------------------------------------------------------------------------- model flags
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR",
+                   help="checkpoint directory (Hugging Face layout); default: the built-in tiny random model, "
+                        "created in the user cache directory on first use ($MINIMAX01_CACHE_DIR overrides it)")
+    p.add_argument("--dtype", choices=DTYPES, help="weight/activation dtype; default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--device", help="cpu, cuda or cuda:N; default cuda when available, else cpu")
+    p.add_argument("--quantize", choices=QUANTIZE,
+                   help="weight-only quantization applied after loading (int8: per-channel weights)")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="tensor parallelism: attention heads split N ways. With --tp or --ep > 1 the command starts "
+                        "lcm(tp, ep) processes itself (one per GPU, rank r on cuda:r; gloo processes with --device "
+                        "cpu); under torchrun it joins torchrun's world instead (default %(default)s)")
+    p.add_argument("--ep", type=int, default=1, metavar="N",
+                   help="expert parallelism: experts split into N groups, each expert's intermediate dim split "
+                        "among the processes of its group (default %(default)s)")
+    p.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                   help="auto: read the checkpoint's weights; dummy: read only its config.json and draw random "
+                        "weights on the device (benchmarks at real dimensions without the weights on disk) "
+                        "(default %(default)s)")
+
+
+def model_dir_arg(value: str | None) -> Path:
+    """`--model DIR`, checked to exist; the built-in tiny checkpoint when omitted."""
+    if value is None:
+        from minimax01.tiny import ensure_default_model
+
+        return ensure_default_model()
+    path = Path(value)
+    if not path.is_dir():
+        raise RequestError(f"--model {value}: no such checkpoint directory")
+    return path
+
+
+def device_arg(value: str | None) -> str:
+    """'cpu', 'cuda' or 'cuda:N'; default: cuda when available."""
+    import torch
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise RequestError(f"--device {value!r}: unknown device (expected cpu, cuda or cuda:N)")
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise RequestError(f"--device {value}: CUDA is not available on this machine")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- sampling flags
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                   help="most tokens to generate per reply (>= 1; default %(default)s)")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="softmax temperature in [0, 2]; 0 = greedy (default %(default)s)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="sample from the K most likely tokens; 0 or -1 disables (default %(default)s)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: smallest set with probability mass >= P, in (0, 1] (default %(default)s)")
+    g.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="drop tokens less likely than P x the most likely one, in [0, 1] (default %(default)s)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="> 1 discourages tokens already in prompt or output; 1 disables (default %(default)s)")
+    g.add_argument("--seed", type=int, metavar="S", help="random seed, for reproducible sampling")
+    g.add_argument("--stop", nargs="+", action="extend", metavar="STR",
+                   help="stop strings: the output ends just before the first one (repeatable)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags as generate() keyword arguments, validated by SamplingParams (message names the flag)."""
+    from minimax01.sampling import SamplingParams
+
+    knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
+    common = {"max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
+              "seed": args.seed, "stop": args.stop or []}
+    params = SamplingParams(**knobs, **common)
+    try:
+        params.validate()
+    except RequestError as e:
+        field = str(e).split(" ", 1)[0]
+        raise RequestError("--" + field.replace("_", "-") + str(e)[len(field):]) from None
+    # generate() samples only with do_sample=True; temperature 0 (or top-k 1) is its greedy path.
+    return {**common, "do_sample": True, **knobs} if not params.is_greedy else {**common, "do_sample": False}

@@ -1,0 +1,59 @@
+"""`minimax01 generate`: the completion of one prompt, streamed to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from minimax01.cli.args import add_model_flags, add_sampling_flags, sampling_kwargs
+from minimax01.cli.run_model import Stats, stream_text, with_model, write
+from minimax01.errors import RequestError
+
+if TYPE_CHECKING:
+    from minimax01.loading import Loaded
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="complete a prompt, streaming the text to stdout",
+                       description="Streams the completion of one prompt to stdout; the finish reason and the "
+                                   "speed go to stderr.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="the prompt text")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-' = stdin)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as one user message with the model's chat template")
+    add_model_flags(p)
+    add_sampling_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(args.prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RequestError(f"--prompt-file {args.prompt_file}: cannot read ({e.__class__.__name__}: {e})") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
+    # Before the (slow) model, so that a bad file fails fast; under torchrun on rank 0 alone (it may be stdin).
+    prompt = read_prompt(args) if os.environ.get("RANK", "0") == "0" else ""
+
+    def run(loaded: Loaded) -> int:
+        text = (loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
+                if args.chat else prompt)
+        stats = Stats()
+        for piece in stream_text(loaded, text, sampling, stats):
+            write(piece)
+        write("\n")
+        stats.report()  # after the newline, so that on a terminal it gets a line of its own
+        return 0
+
+    return with_model(args, run)

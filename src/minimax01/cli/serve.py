@@ -1,0 +1,44 @@
+"""`minimax01 serve`: the OpenAI-compatible HTTP server over a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
+                       description="Serves /v1/chat/completions, /v1/completions and /v1/models.")
+    add_model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--served-model-name", metavar="NAME", help="model name reported by the API (default: DIR name)")
+    p.add_argument("--max-num-seqs", type=int, metavar="N", help="most sequences decoded together")
+    p.add_argument("--max-model-len", type=int, metavar="N", help="longest prompt + completion, in tokens")
+    p.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one engine step")
+    p.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES",
+                   help="memory budget of the softmax-layer KV cache, e.g. 8G or 512M (default: enough for "
+                        "--max-num-seqs sequences of --max-model-len tokens)")
+    p.add_argument("--kv-block-size", type=int, metavar="N", help="tokens per KV-cache page (default 64)")
+    p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
+                   help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from minimax01.server.serve import serve
+
+    device = device_arg(args.device)
+    options = {
+        "model": str(model_dir_arg(args.model)), "host": args.host, "port": args.port, "api_key": args.api_key,
+        "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
+        "max_num_batched_tokens": args.max_num_batched_tokens, "dtype": args.dtype, "device": device,
+        "served_model_name": args.served_model_name, "quantize": args.quantize, "tp": args.tp, "ep": args.ep,
+        "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
+        "max_body_bytes": args.max_body_bytes, "load_format": args.load_format,
+    }
+    # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).
+    serve(**{k: v for k, v in options.items() if v is not None})
+    return 0

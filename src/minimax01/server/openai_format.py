@@ -1,0 +1,76 @@
+"""OpenAI response pieces: logprobs (chat and completions shapes), usage, chat deltas and messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minimax01.chat.tool_calls import Event, ToolCall
+from minimax01.server.choice import Choice
+from minimax01.tokenizer import MiniMaxTokenizer
+
+# logprobs of -inf cannot be written in JSON; OpenAI/vLLM clamp to this.
+_MIN_LOGPROB = -9999.0
+
+
+def _clamp_lp(x: float) -> float:
+    return max(float(x), _MIN_LOGPROB)
+
+
+def _token_str(tokenizer: MiniMaxTokenizer, token_id: int) -> str:
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def chat_logprobs(tokenizer: MiniMaxTokenizer, ids: list[int], lps: list[float],
+                  tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
+    """Chat `logprobs`: one entry per token with its text, raw bytes and top alternatives."""
+    def entry(token_id: int, lp: float) -> dict[str, Any]:
+        return {"token": _token_str(tokenizer, token_id), "logprob": _clamp_lp(lp),
+                "bytes": list(tokenizer.token_bytes(token_id))}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]}
+                        for t, lp, top in zip(ids, lps, tops)]}
+
+
+def completion_logprobs(tokenizer: MiniMaxTokenizer, ids: list[int], lps: list[float],
+                        tops: list[list[tuple[int, float]]], offset: int) -> tuple[dict[str, Any], int]:
+    """Completions `logprobs` (parallel lists) of tokens whose text starts at character `offset` of the choice;
+    returns it and the offset after the last token."""
+    tokens = [_token_str(tokenizer, t) for t in ids]
+    offsets = []
+    for s in tokens:
+        offsets.append(offset)
+        offset += len(s)
+    top = [{_token_str(tokenizer, i): _clamp_lp(v) for i, v in t} for t in tops]
+    return {"tokens": tokens, "token_logprobs": [_clamp_lp(x) for x in lps], "top_logprobs": top,
+            "text_offset": offsets}, offset
+
+
+def include_usage(req: Any) -> bool:
+    """Whether a stream ends with a usage chunk (and its other chunks carry `"usage": null`)."""
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
+    completion = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def chat_delta(events: list[Event], first_call: int) -> dict[str, Any]:
+    """The `delta` of a chat chunk; tool calls are numbered from `first_call` (calls already sent)."""
+    delta: dict[str, Any] = {}
+    text = "".join(e for e in events if isinstance(e, str))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    if text:
+        delta["content"] = text
+    if calls:
+        delta["tool_calls"] = [{"index": first_call + k, **call.to_openai()} for k, call in enumerate(calls)]
+    return delta
+
+
+def chat_message(c: Choice) -> dict[str, Any]:
+    """The assistant `message` of a non-streaming chat choice (content null when there are only tool calls)."""
+    content = "".join(c.content)
+    msg: dict[str, Any] = {"role": "assistant", "content": content if (content or not c.tool_calls) else None}
+    if c.tool_calls:
+        msg["tool_calls"] = [t.to_openai() for t in c.tool_calls]
+    return msg
