@@ -55,18 +55,6 @@ def bench_graph(fn: Callable[[], Any], replays: int = 200) -> float:
     return times[len(times) // 2]
 
 
-def real_dims_config(preset: str, layers: int) -> Any:
-    """`preset`'s dimensions with `layers` layers, softmax attention every 8th and in the last one (so that even
-    2 layers have one of each kind)."""
-    from minimax01.config import MiniMaxConfig
-
-    config = MiniMaxConfig.preset(preset)
-    config.num_hidden_layers = layers
-    config.attn_type_list = [1 if (i % 8 == 7 or i == layers - 1) else 0 for i in range(layers)]
-    config.validate()
-    return config
-
-
 def roofline() -> dict[str, float]:
     """The two ceilings of this GPU, measured now: bf16 8192³ matmul TFLOP/s and device copy GB/s
     (bytes read + bytes written)."""

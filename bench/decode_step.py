@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, real_dims_config, roofline, write_results  # noqa: E402
+from common import RESULTS, environment, roofline, write_results  # noqa: E402
 
+from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.engine import LLMEngine  # noqa: E402
 from minimax01.sampling import SamplingParams  # noqa: E402
 
@@ -95,25 +96,37 @@ def measure(model, args: argparse.Namespace, graphs: bool) -> dict:
     return out
 
 
+def run_mode(tp: int, graphs: bool, config_dir: Path, args: argparse.Namespace) -> dict:
+    """measure(...) for one layout and one graph mode, in this process; tp > 1 runs in tp processes (one per GPU:
+    this one is rank 0)."""
+    os.environ["MINIMAX01_CUDA_GRAPHS"] = "1" if graphs else "0"
+    if tp == 1:
+        from minimax01.weights import load_pretrained
+
+        model = load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy")
+        return measure(model, args, graphs)
+    from minimax01.parallel.world import WorldSpec, run_sharded
+
+    spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
+    return run_sharded(spec, lambda lockstep: measure(lockstep, args, graphs))
+
+
 def run_layout(tp: int, config_dir: Path, args: argparse.Namespace) -> dict[bool, dict]:
-    """{graphs: measure(...)} for one layout; tp > 1 runs in tp processes (one per GPU)."""
+    """{graphs: measure(...)} for one layout. Each mode runs in a fresh process (this script with --only): a
+    process group is created once per process and no CUDA state carries over from one mode to the next."""
+    import subprocess
+
     results = {}
     for graphs in (False, True):
         print(f"[{time.strftime('%H:%M:%S')}] {tp} GPU(s), graphs {'on' if graphs else 'off'}", file=sys.stderr,
               flush=True)
-        os.environ["MINIMAX01_CUDA_GRAPHS"] = "1" if graphs else "0"
-        if tp == 1:
-            from minimax01.weights import load_pretrained
-
-            model = load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy")
-            results[graphs] = measure(model, args, graphs)
-            del model
-            torch.cuda.empty_cache()
-        else:
-            from minimax01.parallel.world import WorldSpec, run_sharded
-
-            spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
-            results[graphs] = run_sharded(spec, lambda lockstep: measure(lockstep, args, graphs))
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "mode.pt"
+            cmd = [sys.executable, __file__, "--only", str(tp), str(int(graphs)), str(config_dir), str(out),
+                   "--batches", *map(str, args.batches), "--prompt-len", str(args.prompt_len),
+                   "--steps", str(args.steps), "--prefill", *map(str, args.prefill), "--chunk", str(args.chunk)]
+            subprocess.run(cmd, check=True, timeout=args.mode_timeout)
+            results[graphs] = torch.load(out)
     return results
 
 
@@ -156,9 +169,15 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--name", default="decode-step")
+    ap.add_argument("--mode-timeout", type=float, default=600, help="seconds for one layout and graph mode")
+    ap.add_argument("--only", nargs=4, metavar=("TP", "GRAPHS", "CONFIG_DIR", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.only:  # internal: one mode in this fresh process (run_layout)
+        tp, graphs, config_dir, out = args.only
+        torch.save(run_mode(int(tp), graphs == "1", Path(config_dir), args), out)
+        return
     t0 = time.time()
-    config = real_dims_config("text-01", args.layers)
+    config = MiniMaxConfig.preset_slice("text-01", args.layers)
     config_dir = Path(tempfile.mkdtemp(prefix="minimax01-bench-"))
     config.save_pretrained(config_dir)
     roof = roofline()  # before any model: the GPU to itself

@@ -31,7 +31,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, real_dims_config, write_results  # noqa: E402
+from common import environment, write_results  # noqa: E402
+
+from minimax01.config import MiniMaxConfig  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -111,7 +113,7 @@ def real_dims_dir(args: argparse.Namespace) -> Path:
     from minimax01.tiny import ensure_default_model
 
     out = Path(tempfile.mkdtemp(prefix="minimax01-serve-bench-"))
-    real_dims_config(args.preset, args.real_dims_layers).save_pretrained(out)
+    MiniMaxConfig.preset_slice(args.preset, args.real_dims_layers).save_pretrained(out)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(ensure_default_model() / f, out / f)
     return out
@@ -180,7 +182,7 @@ def main() -> None:
     try:
         info = wait_ready(url, proc, log)
         load_before = os.getloadavg()[0]
-        vocab = (real_dims_config(args.preset, args.real_dims_layers) if args.real_dims_layers
+        vocab = (MiniMaxConfig.preset_slice(args.preset, args.real_dims_layers) if args.real_dims_layers
                  else _config(args.model)).vocab_size
         # Warm-up at every level: kernel compilation for new batch shapes and the capture of each decode batch
         # size's CUDA graph happen here, not in the measured requests.
@@ -222,7 +224,6 @@ def _sample(metrics: str, name: str) -> str:
 
 
 def _config(model_dir: str | None) -> Any:
-    from minimax01.config import MiniMaxConfig
     from minimax01.tiny import ensure_default_model
 
     return MiniMaxConfig.from_pretrained(model_dir or ensure_default_model())

@@ -269,6 +269,35 @@ def test_plan_arithmetic() -> None:
     assert "DOES NOT FIT" in plan_report(config, 1_000_000, 1, "bf16", 1, 1)
 
 
+def test_plan_uses_measured_hardware(tmp_path: Path) -> None:
+    """`minimax01 plan --measured FILE`: the bandwidths and the all-reduce latency of a bench/decode_step.py
+    measurement replace the datasheet numbers, and its decode steps are printed beside the model's."""
+    from minimax01.cli import main
+    from minimax01.parallel.plan import Hardware, measured_comparison, measured_hardware
+
+    data = {"copy_Bps": 2.0e12, "allreduce_bus_Bps": 100e9, "gpus": 2, "gpu": "TestGPU", "context": 1024,
+            "layers": 8, "allreduce_us": {"hidden states x1": 20.0, "hidden states x16": 21.0},
+            "decode_step_ms": {"tp1 batch1": 30.0, "tp2 batch1": 17.5}}
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(data))
+    hw, raw = measured_hardware(path)
+    assert (hw.hbm_Bps, hw.nvlink_Bps, hw.latency_intra_s) == (2.0e12, 100e9, pytest.approx(20e-6))
+    config = MiniMaxConfig.preset("text-01")
+    # 2 TB/s measured instead of the datasheet's 4.8: the same bytes take 2.4 x as long
+    measured, sheet = (make_plan(config, 1_000_000, 8, tp=8, hw=h).step_time for h in (hw, Hardware()))
+    assert measured["HBM reads"] == pytest.approx(sheet["HBM reads"] * 4.8 / 2.0)
+    lines = measured_comparison(raw, hw)
+    assert "2 x TestGPU" in lines[0] and len(lines) == 3
+    assert "1 GPU(s), batch   1" in lines[1] and "measured  30.000 ms" in lines[1]
+    # the model's 1-GPU step is the 8 layers' bytes at 2 TB/s: no all-reduce term
+    one = make_plan(MiniMaxConfig.preset_slice("text-01", 8), 1024, 1, tp=1, hw=hw)
+    assert f"model {sum(one.step_time.values()) * 1e3:7.3f} ms" in lines[1]
+    assert main(["plan", "--measured", str(path)]) == 0
+    path.write_text(json.dumps({"copy_Bps": 1}))
+    with pytest.raises(ConfigError, match="missing or malformed field"):
+        measured_hardware(path)
+
+
 def test_torchrun_argv() -> None:
     argv = torchrun_argv(8, "minimax01.parallel.worker", ["--model", "m"])
     assert argv[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--standalone", "-m",

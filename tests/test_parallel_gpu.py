@@ -6,8 +6,8 @@ intermediate dim or whole) is exercised all the same.
 
 Checked against one GPU:
 - fp32 logits of TP=2, EP=2 and TP=2+EP=2 (prefill of a 300-token prompt, then 8 greedy decode steps);
-- bf16 greedy tokens of TP=2 and EP=2 for 64 steps;
-- int8 weights + TP=2 against int8 on one GPU;
+- bf16 greedy tokens of TP=2 and EP=2 for 64 steps (equal, or different only after a near-tie);
+- int8 weights + TP=2 against int8 on one GPU (the scales do not depend on the layout);
 - CUDA-graph decode under TP=2 (NCCL all-reduces captured in the graphs) against eager decode under TP=2,
   through the engine and the lock-step wrapper, as the server runs it.
 Every worker writes its numbers to a file; the assertions run in the test process, and the measured
@@ -169,10 +169,22 @@ def test_fp32_logits_match_one_gpu(results: tuple[dict, dict], tp: int, ep: int)
 
 @pytest.mark.parametrize("tp,ep", LAYOUTS)
 def test_bf16_greedy_tokens_match_one_gpu(results: tuple[dict, dict], tp: int, ep: int) -> None:
+    """bf16 greedy tokens equal one GPU's until, at most, a near-tie. A shard's partial sums (out projection,
+    expert outputs) are rounded to bf16 before the all-reduce adds them, a rounding one GPU does not do, so two
+    candidates whose logits one GPU separates by less than bf16's resolution may swap (seen on 2 x H200 with
+    TP=2: equal for 27 steps, then a swap). What must hold: every step before the first difference equal, and at
+    that step the two tokens within 1 % of the largest logit in one GPU's own logits (bf16 keeps 8 bits: a
+    relative step of 0.4 %, compounded over the layers)."""
     ref, got = results[0]["one bf16"], results[0][f"tp{tp} ep{ep} {torch.bfloat16}"]
     same = int((got["tokens"] == ref["tokens"]).all(0).long().cumprod(0).sum())
     print(f"tp={tp} ep={ep} bf16: {same}/{BF16_STEPS} greedy tokens equal before the first difference")
-    assert same == BF16_STEPS
+    if same < BF16_STEPS:
+        # logits of the step that produced token `same` (the prefill's last column for token 0)
+        logits = ref["prefill"][0] if same == 0 else ref["steps"][0, same - 1]
+        gap = float(logits[ref["tokens"][0, same]] - logits[got["tokens"][0, same]])
+        print(f"  first difference at step {same}: one GPU's logit gap {gap:.3e}, max |logit| "
+              f"{float(logits.abs().max()):.3e}")
+        assert 0 <= gap <= 1e-2 * float(logits.abs().max())
 
 
 def test_int8_tp_matches_one_gpu_int8(results: tuple[dict, dict]) -> None:

@@ -160,9 +160,9 @@ def test_quantize_frees_each_float_weight_before_the_next(tiny: MiniMaxForCausal
     alive_at_call = []
     real = quant.quantize_weight
 
-    def spy(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(w: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
         alive_at_call.append(sum(r() is not None for r in refs))
-        return real(w)
+        return real(w, *args)
 
     monkeypatch.setattr(quant, "quantize_weight", spy)
     quantize_(model)

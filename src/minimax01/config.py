@@ -262,6 +262,17 @@ class MiniMaxConfig:
             raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
         return cls(**PRESETS[name]())
 
+    @classmethod
+    def preset_slice(cls, name: str, layers: int) -> "MiniMaxConfig":
+        """`name`'s dimensions with only `layers` layers, softmax attention every 8th layer and in the last one
+        (so that even 2 layers have one of each kind): what benchmarks at real dimensions run, and what
+        `minimax01 plan --measured` compares its model with."""
+        config = cls.preset(name)
+        config.num_hidden_layers = layers
+        config.attn_type_list = [1 if (i % 8 == 7 or i == layers - 1) else 0 for i in range(layers)]
+        config.validate()
+        return config
+
     def to_dict(self) -> dict[str, Any]:
         """The original `minimax_text_01` spelling (what the released checkpoint's config.json uses)."""
         d = asdict(self)

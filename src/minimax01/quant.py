@@ -21,6 +21,7 @@ how an int8 checkpoint is loaded (weights.py: quantize the meta model, allocate,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,10 +41,16 @@ _QMAX = 127  # symmetric: -128 is never produced, so q and -q are both represent
 _CHUNK_ELEMS = 1 << 26  # fp32 work buffer of quantize_weight: 256 MiB at most
 
 
-def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(w: torch.Tensor, absmax_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """w [..., out, in] float -> (q [..., out, in] int8, scale [..., out] fp32), per-row symmetric.
     Works chunk by chunk of rows so that the fp32 copy never exceeds `_CHUNK_ELEMS` elements. All-zero rows
-    get the smallest positive scale (q = 0, dequantizes to exactly 0)."""
+    get the smallest positive scale (q = 0, dequantizes to exactly 0).
+
+    `absmax_reduce` (in place, for a row-parallel shard whose `in` dim is split across ranks) turns each row's
+    local max |w| into the max over the whole row, so every rank quantizes with the scale one process would use:
+    int8 results then do not depend on the parallel layout. Ranks of a group hold equal shapes, so they make the
+    same number of calls."""
     k = w.shape[-1]
     rows = w.reshape(-1, k)  # [R, in] (a view for the contiguous weights of the model)
     q = torch.empty(rows.shape, dtype=torch.int8, device=w.device)
@@ -51,7 +58,10 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     step = max(1, _CHUNK_ELEMS // max(k, 1))
     for lo in range(0, rows.shape[0], step):
         chunk = rows[lo:lo + step].float()  # [r, in]
-        s = (chunk.abs().amax(dim=-1) / _QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # [r]
+        absmax = chunk.abs().amax(dim=-1)  # [r]
+        if absmax_reduce is not None:
+            absmax = absmax_reduce(absmax)
+        s = (absmax / _QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # [r]
         q[lo:lo + step] = torch.round(chunk / s[:, None]).clamp_(-_QMAX, _QMAX).to(torch.int8)
         scale[lo:lo + step] = s
     return q.reshape(w.shape), scale.reshape(w.shape[:-1])
@@ -70,7 +80,8 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         if linear.bias is not None:
             raise ValueError("Int8Linear has no bias: MiniMax-Text-01 has no biased linear layers")
-        return cls(*quantize_weight(linear.weight.detach()))
+        # `absmax_reduce`: set by parallel.shard_ on row-parallel projections (see quantize_weight).
+        return cls(*quantize_weight(linear.weight.detach(), getattr(linear, "absmax_reduce", None)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.w8a16_linear(x, self.weight, self.weight_scale)  # [..., in] -> [..., out]
@@ -96,7 +107,8 @@ class Int8MoEExperts(MoEExperts):
     @classmethod
     def from_experts(cls, experts: MoEExperts) -> Int8MoEExperts:
         w13, w13_scale = quantize_weight(experts.w13.detach())  # rows of w13[e] are w1/w3 output channels
-        w2, w2_scale = quantize_weight(experts.w2.detach())
+        # w2 rows are split along `in` when experts are split by intermediate dim (parallel.shard_).
+        w2, w2_scale = quantize_weight(experts.w2.detach(), getattr(experts, "w2_absmax_reduce", None))
         return cls(w13, w13_scale, w2, w2_scale)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

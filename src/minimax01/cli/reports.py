@@ -87,12 +87,19 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="expert groups: experts split N ways, each split gpus/N ways (default %(default)s)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="sequences decoded together, for the step-time estimate (default %(default)s)")
+    p.add_argument("--measured", metavar="FILE",
+                   help="use the copy bandwidth, all-reduce latency and bus bandwidth measured by "
+                        "bench/decode_step.py (its multi-gpu-hardware-*.json) instead of the datasheet numbers, "
+                        "and print the measured decode steps beside the model's estimate for them")
     p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from minimax01.parallel.plan import plan_report
+    from minimax01.parallel.plan import Hardware, measured_comparison, measured_hardware, plan_report
 
+    hw, data = measured_hardware(args.measured) if args.measured else (Hardware(), None)
     print(plan_report(load_config_arg(args.config), args.context, args.gpus, dtype=args.dtype, tp=args.tp,
-                      ep=args.ep, batch=args.batch))
+                      ep=args.ep, batch=args.batch, hw=hw))
+    if data is not None:
+        print("\n".join(measured_comparison(data, hw)))
     return 0

@@ -88,14 +88,28 @@ def _all_reduce(group: dist.ProcessGroup | None) -> Reduce:
     return reduce
 
 
+def _all_reduce_max(group: dist.ProcessGroup | None) -> Reduce:
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return t
+
+    return reduce
+
+
 @dataclass
 class ParallelGroups:
     """A Layout plus the collectives shard_ installs. `tp_reduce` sums over this rank's attention block,
-    `moe_reduce` over all ranks; both are None where the group has one member (no communication)."""
+    `moe_reduce` over all ranks; both are None where the group has one member (no communication).
+    `tp_max` / `moe_tp_max` take the element-wise maximum over the ranks that split the input dim of the
+    row-parallel weights (attention out projections over the attention block; the experts' w2 over the ranks of
+    an expert group): int8 quantization after sharding uses them so that a row's scale is that of the whole row,
+    whatever the layout (quant.quantize_weight)."""
 
     layout: Layout
     tp_reduce: Reduce | None = None
     moe_reduce: Reduce | None = None
+    tp_max: Reduce | None = None
+    moe_tp_max: Reduce | None = None
 
     @classmethod
     def single(cls) -> "ParallelGroups":
@@ -137,6 +151,15 @@ def new_groups(tp: int, ep: int) -> ParallelGroups:
             group = dist.new_group(ranks)
             if layout.rank in ranks:
                 tp_group = group
+    moe_tp_group = None  # the ranks that split the same experts' intermediate dim (an expert group)
+    if 1 < layout.moe_tp < layout.world:
+        for first in range(0, layout.world, layout.moe_tp):
+            ranks = list(range(first, first + layout.moe_tp))
+            group = dist.new_group(ranks)
+            if layout.rank in ranks:
+                moe_tp_group = group
     return ParallelGroups(layout,
                           tp_reduce=_all_reduce(tp_group) if tp > 1 else None,
-                          moe_reduce=_all_reduce(None) if layout.world > 1 else None)
+                          moe_reduce=_all_reduce(None) if layout.world > 1 else None,
+                          tp_max=_all_reduce_max(tp_group) if tp > 1 else None,
+                          moe_tp_max=_all_reduce_max(moe_tp_group) if layout.moe_tp > 1 else None)

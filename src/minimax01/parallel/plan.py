@@ -2,7 +2,7 @@
 and the decode step time that follows from bandwidth arguments. Pure arithmetic on the config and the same
 ownership rules as shard.py (so the model describes what the code does), used by `minimax01 plan`.
 
-Assumptions (stated in the report; change them through `Hardware`):
+Assumptions (stated in the report; change them through `Hardware`, or measure them: `measured_hardware`):
 - H200: 141 GB HBM at 4.8 TB/s; 90 % of it usable (CUDA context, NCCL buffers, allocator slack).
 - NVLink: 450 GB/s per direction per GPU; inter-node: 50 GB/s per GPU (one 400 Gb/s NIC per GPU).
 - All-reduce = ring (or hierarchical across nodes: reduce-scatter in the node, ring across nodes on 1/g of the
@@ -13,7 +13,10 @@ Assumptions (stated in the report; change them through `Hardware`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from minimax01.config import LINEAR, MiniMaxConfig, format_bytes
 from minimax01.errors import ConfigError
@@ -54,6 +57,37 @@ class Plan:
     @property
     def weight_bytes(self) -> int:
         return sum(self.weights.values())
+
+
+def measured_hardware(path: str | Path, hw: Hardware = Hardware()) -> tuple[Hardware, dict[str, Any]]:
+    """`hw` with the numbers bench/decode_step.py measured on a GPU machine (its `multi-gpu-hardware-*.json`):
+    HBM bandwidth = the device copy bandwidth, NVLink = the all-reduce bus bandwidth, the fixed cost of an
+    all-reduce = a one-token [1, hidden] bf16 all-reduce inside a CUDA graph (how decode steps run). Returns the
+    hardware and the file's content (its measured decode steps are printed beside the model's)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        measured = replace(hw, hbm_Bps=float(data["copy_Bps"]), nvlink_Bps=float(data["allreduce_bus_Bps"]),
+                           latency_intra_s=float(data["allreduce_us"]["hidden states x1"]) * 1e-6)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--measured {path}: cannot read ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"--measured {path}: missing or malformed field {e} (expected the "
+                          f"multi-gpu-hardware-*.json that bench/decode_step.py writes)") from None
+    return measured, data
+
+
+def measured_comparison(data: dict[str, Any], hw: Hardware, preset: str = "text-01") -> list[str]:
+    """Report lines: each decode step the measurement file holds (layout, batch) beside this model's estimate
+    for the same layers, context and layout with the measured hardware."""
+    layers, context = int(data.get("layers", 8)), int(data.get("context", 1024))
+    config = MiniMaxConfig.preset_slice(preset, layers)
+    lines = [f"Measured on {data.get('gpus', '?')} x {data.get('gpu', 'GPU')} ({layers} layers, {context}-token "
+             f"context, random weights): model vs measured decode step"]
+    for key, ms in sorted(data.get("decode_step_ms", {}).items()):
+        tp, batch = (int(x) for x in key.removeprefix("tp").split(" batch"))
+        model = sum(make_plan(config, context, tp, tp=tp, batch=batch, hw=hw).step_time.values())
+        lines.append(f"  {tp} GPU(s), batch {batch:>3}: model {model * 1e3:7.3f} ms, measured {ms:7.3f} ms")
+    return lines
 
 
 def rank_weight_bytes(config: MiniMaxConfig, layout: Layout, dtype: str = "bf16") -> dict[str, int]:

@@ -201,14 +201,17 @@ def shard_(model: MiniMaxLM, groups: ParallelGroups) -> MiniMaxLM:
             if tp is not None:
                 attn.norm = ShardedRMSNorm(attn.norm.weight, attn.norm.eps, config.inner_size, tp)
                 attn.register_forward_hook(_reduce_output(tp))
+                attn.out_proj.absmax_reduce = groups.tp_max  # row-parallel: see quant.quantize_weight
         elif isinstance(attn, SoftmaxAttention):
             attn.num_heads = own.heads[1] - own.heads[0]
             attn.num_kv_heads = own.kv_heads[1] - own.kv_heads[0]
             if tp is not None:
                 attn.register_forward_hook(_reduce_output(tp))
+                attn.o_proj.absmax_reduce = groups.tp_max
         moe = layer.block_sparse_moe
         if groups.layout.world > 1:
             _shard_experts_(moe.experts, f"model.layers.{i}.block_sparse_moe.experts", config, own)
+            moe.experts.w2_absmax_reduce = groups.moe_tp_max  # None when each expert is whole on its rank
             layer.block_sparse_moe = ShardedMoE(moe, own.experts[0], config.num_local_experts, groups.moe_reduce)
     model.parallel = groups
     return model
