@@ -33,7 +33,7 @@ REASONING_PARSERS: dict[str, Callable[[], ThinkParser] | None] = {NO_REASONING: 
 _FAMILY_REASONING = {TEXT_01: NO_REASONING, M1: M1}
 
 # "MiniMaxM1ForCausalLM", "minimax_m1", "MiniMax-M1-80k": M1 as a word of the name, not any "m1" substring.
-_M1_NAME = re.compile(r"(?:^|[^a-z0-9])m1(?:$|[^0-9])|minimaxm1", re.IGNORECASE)
+_M1_NAME = re.compile(r"(?:^|[^a-z0-9]|minimax)m1(?![0-9])", re.IGNORECASE)
 
 
 def detect_model_family(config_names: Iterable[str], chat_template: str | None) -> str:
