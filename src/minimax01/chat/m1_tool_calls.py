@@ -22,12 +22,6 @@ OPEN, CLOSE = "<tool_calls>", "</tool_calls>"
 _OPENERS = (OPEN, THINK_OPEN)
 
 
-def render_tool_calls(calls: list[tuple[str, str]]) -> str:
-    """The block the model writes for (name, arguments JSON) calls."""
-    lines = "".join(f'{{"name": {json.dumps(n, ensure_ascii=False)}, "arguments": {a}}}\n' for n, a in calls)
-    return f"{OPEN}\n{lines}{CLOSE}"
-
-
 def _parse_line(line: str) -> tuple[str, str] | None:
     """(name, arguments JSON text) of one call line; None if it is not one."""
     try:

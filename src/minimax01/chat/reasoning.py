@@ -50,6 +50,18 @@ def _tail_prefix_len(text: str, marker: str) -> int:
     return 0
 
 
+class ReasoningParser(Protocol):
+    """One model family's reasoning format."""
+
+    def parse(self, text: str) -> tuple[str | None, str]:
+        """(reasoning or None when there is none, answer) of a whole output."""
+        ...
+
+    def streaming(self) -> StreamingReasoningParser:
+        """A fresh incremental parser for one output."""
+        ...
+
+
 class ThinkStreamParser:
     """Incremental split of one output into reasoning and answer (a StreamingReasoningParser)."""
 
@@ -98,10 +110,9 @@ class ThinkStreamParser:
 
 
 class ThinkParser:
-    """The reasoning parser of MiniMax-M1 (`<think>…</think>` at the start of the output)."""
+    """The ReasoningParser of MiniMax-M1 (`<think>…</think>` at the start of the output)."""
 
     def parse(self, text: str) -> tuple[str | None, str]:
-        """(reasoning or None when there is none, answer) of a whole output."""
         stream = ThinkStreamParser()
         events = stream.feed(text) + stream.finish()
         reasoning = [e.text for e in events if isinstance(e, Reasoning)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from minimax01.chat.function_call import FunctionCallParser
 from minimax01.chat.m1_tool_calls import OPEN as M1_TOOL_CALLS_OPEN
 from minimax01.chat.m1_tool_calls import ToolCallsParser
-from minimax01.chat.reasoning import ThinkParser
+from minimax01.chat.reasoning import ReasoningParser, ThinkParser
 from minimax01.chat.tool_calls import ToolCallParser
 from minimax01.errors import ConfigError
 
@@ -29,7 +29,7 @@ NO_REASONING = "none"
 #: tool-call parser name -> its parser class (any factory of a ToolCallParser).
 TOOL_CALL_PARSERS: dict[str, Callable[[], ToolCallParser]] = {TEXT_01: FunctionCallParser, M1: ToolCallsParser}
 #: reasoning parser name -> its parser class; "none": the whole output is the answer.
-REASONING_PARSERS: dict[str, Callable[[], ThinkParser] | None] = {NO_REASONING: None, M1: ThinkParser}
+REASONING_PARSERS: dict[str, Callable[[], ReasoningParser] | None] = {NO_REASONING: None, M1: ThinkParser}
 _FAMILY_REASONING = {TEXT_01: NO_REASONING, M1: M1}
 
 # "MiniMaxM1ForCausalLM", "minimax_m1", "MiniMax-M1-80k": M1 as a word of the name, not any "m1" substring.
@@ -57,7 +57,7 @@ def tool_parser_for(name: str = DEFAULT_MODEL_FAMILY) -> ToolCallParser:
     return TOOL_CALL_PARSERS[name]()
 
 
-def reasoning_parser_for(name: str) -> ThinkParser | None:
+def reasoning_parser_for(name: str) -> ReasoningParser | None:
     """The reasoning parser `name`, None for "none"; ConfigError for an unknown name."""
     _known(name, REASONING_PARSERS, "reasoning parser")
     factory = REASONING_PARSERS[name]
