@@ -181,6 +181,9 @@ def test_load_chat_setup(tmp_path: Path) -> None:
     (ckpt / "generation_config.json").write_text(json.dumps({"top_p": "high"}))
     with pytest.raises(CheckpointError, match="top_p must be a number"):
         load_chat_setup(ckpt)
+    (tmp_path / "broken.jinja").write_text("{% for %}", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="--chat-template .*broken.jinja: chat template has a syntax error"):
+        load_chat_setup(ckpt, str(tmp_path / "broken.jinja"))
 
 
 def test_generation_defaults_apply_only_where_the_request_is_silent() -> None:

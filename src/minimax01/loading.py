@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from minimax01.causal_lm import MiniMaxForCausalLM
-from minimax01.chat.template import CHAT_TEMPLATE
+from minimax01.chat.template import CHAT_TEMPLATE, content_format
 from minimax01.chat.tool_parsers import DEFAULT_MODEL_FAMILY, ChatFormat, chat_format, detect_model_family
 from minimax01.errors import CheckpointError, RequestError
 from minimax01.dtypes import parse_dtype
@@ -92,6 +92,11 @@ def load_chat_setup(model_dir: Path, chat_template_file: str | None = None, tool
     else:
         shipped = checkpoint_chat_template(model_dir)
         template, source = (shipped, "checkpoint") if shipped is not None else (CHAT_TEMPLATE, "built-in Text-01")
+    try:  # a template that does not compile fails the start, not every request
+        content_format(template)
+    except RequestError as e:
+        where = f"--chat-template {chat_template_file}" if chat_template_file is not None else str(model_dir)
+        raise CheckpointError(f"{where}: {e}") from None
     config = _json_object(model_dir / "config.json")
     architectures = config.get("architectures")
     names = [n for n in [*(architectures if isinstance(architectures, list) else []), config.get("model_type")]

@@ -91,7 +91,8 @@ def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: i
     params = SamplingParams(
         temperature=defaults.get("temperature", 1.0) if req.temperature is None else req.temperature,
         top_p=defaults.get("top_p", 1.0) if req.top_p is None else req.top_p,
-        top_k=int(defaults.get("top_k", 0)) if req.top_k is None else req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+        top_k=int(defaults.get("top_k", 0)) if req.top_k is None else req.top_k,
+        min_p=req.min_p, repetition_penalty=req.repetition_penalty,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         seed=seed, max_new_tokens=max_tokens, stop=stop, logprobs=logprobs, ignore_eos=req.ignore_eos,
     )
