@@ -197,6 +197,15 @@ def test_m1_prompt_from_checkpoint_template(m1: Any, m1_dir: Path) -> None:
     assert bad.status_code == 400 and "chat_template_kwargs" in bad.json()["error"]["message"]
 
 
+def test_parser_flags_override_the_detected_family(m1_dir: Path, tmp_path: Path) -> None:
+    # --reasoning-parser none: the reasoning stays in the content, and its <tool_calls> is still not a call.
+    for client in serve(m1_dir, tmp_path / "none.log", "--reasoning-parser", "none"):
+        r = client.chat.completions.create(model=MODEL, messages=user("x"), tools=TOOLS, max_tokens=200).choices[0]
+        assert "reasoning_content" not in (r.message.model_extra or {})
+        assert r.message.content == f"<think>{REASONING}</think>\n{ANSWER}"
+        assert calls_of(r.message.tool_calls) == M1_CALLS
+
+
 def test_text01_function_call_forced_by_weights(text01: Any) -> None:
     kw = {"messages": user("Weather in Paris?"), "tools": TOOLS, "max_tokens": 100, "temperature": 0}
     r = text01.chat.completions.create(model=MODEL, **kw).choices[0]

@@ -68,6 +68,7 @@ class ToolCallsStreamParser:
     def __init__(self, make_id: Callable[[], str] = new_call_id) -> None:
         self._make_id = make_id
         self._buf = ""  # undecided text: a possible marker start, or an open block / think region
+        self._resume = 0  # where the search for the open region's closer goes on (no rescans of long blocks)
 
     def feed(self, delta: str) -> list[Event]:
         self._buf += delta
@@ -90,9 +91,11 @@ class ToolCallsStreamParser:
             text += self._buf[:i]
             self._buf = self._buf[i:]
             closer = THINK_CLOSE if marker == THINK_OPEN else CLOSE
-            end = self._buf.find(closer, len(marker))
+            end = self._buf.find(closer, max(len(marker), self._resume))
             if end < 0 and not final:
+                self._resume = len(self._buf) - len(closer) + 1  # a closer may still end across the next delta
                 break  # wait for the rest of the block / reasoning
+            self._resume = 0
             if marker == THINK_OPEN:  # reasoning left in the content: text, whatever it contains
                 cut = len(self._buf) if end < 0 else end + len(closer)
                 text, self._buf = text + self._buf[:cut], self._buf[cut:]
