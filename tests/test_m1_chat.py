@@ -30,7 +30,7 @@ def line(name: str, arguments: Any) -> str:
     return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "\n"
 
 
-NESTED = {"q": {"list": [1, {"deep": [True, None]}], "s": "a}b{\"c"}, "u": "上海 😀"}
+NESTED = {"q": {"list": [1, {"deep": [True, None]}], "s": "a}b{\"c"}, "u": "上海 😀 \u2028 \x85"}
 PARSE_CASES = [  # (text, content, [(name, arguments)])
     ("plain < <tool <tool_call text", "plain < <tool <tool_call text", []),
     ("Sure.\n<tool_calls>\n" + line("f", NESTED) + line("g", {}) + "</tool_calls> done",

@@ -44,7 +44,8 @@ def _parse_line(line: str) -> tuple[str, str] | None:
 def _parse_body(body: str) -> list[tuple[str, str]] | None:
     """The calls of a block body; None unless every non-blank line is a call and there is at least one."""
     calls = []
-    for line in body.splitlines():
+    # split("\n"), not splitlines(): a JSON string written with ensure_ascii=False may hold U+2028 or U+0085.
+    for line in body.split("\n"):
         if not line.strip():
             continue
         call = _parse_line(line.strip())
@@ -81,7 +82,9 @@ class ToolCallsStreamParser:
         events: list[Event] = []
         text = ""
         while self._buf:
-            starts = [(i, m) for m in _OPENERS if (i := self._buf.find(m)) >= 0]
+            # A region left open by the last delta starts the buffer: no need to search (and rescan) the rest.
+            starts = [(0, m) for m in _OPENERS if self._buf.startswith(m)] or [
+                (i, m) for m in _OPENERS if (i := self._buf.find(m)) >= 0]
             if not starts:
                 keep = 0 if final else _held_prefix_len(self._buf)
                 text += self._buf[:len(self._buf) - keep]
