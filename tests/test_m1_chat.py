@@ -18,7 +18,7 @@ from minimax01.chat.template import CHAT_TEMPLATE, content_format, render_chat
 from minimax01.chat.tool_calls import ToolCall
 from minimax01.chat.tool_parsers import chat_format, detect_model_family
 from minimax01.errors import CheckpointError, ConfigError, RequestError
-from test_m1_serving import M1_TEMPLATE
+from test_m1_serving import M1_TEMPLATE, TOOLS, hand_rendered_m1
 
 
 def counter_ids() -> Any:
@@ -123,6 +123,24 @@ def test_string_and_list_content_render_the_same_with_either_template() -> None:
         "<begin_of_document><beginning_of_sentence>user name=user\nhé<end_of_sentence>\n"
         "<beginning_of_sentence>ai name=MiniMax AI\nyes<end_of_sentence>\n"
         "<beginning_of_sentence>ai name=MiniMax AI\n")
+
+
+def test_m1_history_renders_calls_and_results_in_m1_format() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "Ok.", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    assert render_chat(messages, TOOLS, chat_template=M1_TEMPLATE, tool_history="openai") == hand_rendered_m1("sunny")
+    # Two results in a row share one `tool name=tools` turn; a result's name comes from its call id.
+    two = messages[:2] + [{"role": "assistant", "content": None, "tool_calls": [call, {**call, "id": "call_2"}]},
+                          {"role": "tool", "tool_call_id": "call_1", "content": "a"},
+                          {"role": "tool", "tool_call_id": "call_2", "content": "b"}]
+    rendered = render_chat(two, chat_template=M1_TEMPLATE, tool_history="openai", add_generation_prompt=False)
+    assert rendered.endswith("<beginning_of_sentence>tool name=tools\ntool name: get_weather\ntool result: a\n"
+                             "tool name: get_weather\ntool result: b\n<end_of_sentence>\n")
+    with pytest.raises(RequestError, match="tool_call_id 'nope'"):
+        render_chat(two[:3] + [{"role": "tool", "tool_call_id": "nope", "content": "x"}],
+                    chat_template=M1_TEMPLATE, tool_history="openai")
 
 
 def test_template_kwargs_and_template_errors_are_request_errors() -> None:
