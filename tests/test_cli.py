@@ -205,6 +205,25 @@ def test_chat_shows_tool_calls(tiny_dir: Path, tmp_path: Path, monkeypatch: pyte
     assert '"name": "get_weather"' in fake.prompts[0]  # the tools are rendered into the prompt
 
 
+def test_chat_with_m1_template_shows_reasoning_and_m1_calls(tiny_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from test_m1_serving import M1_TEMPLATE
+
+    template = tmp_path / "m1.jinja"
+    template.write_text(M1_TEMPLATE, encoding="utf-8")
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps([{"type": "function", "function": {"name": "get_weather"}}]))
+    call = '{"name": "get_weather", "arguments": {"city": "上海"}}'
+    reply = f"<think>\nhmm <tool_calls>\n</think>\nSure.<tool_calls>\n{call}\n</tool_calls>"
+    fake = _fake_chat(monkeypatch, tiny_dir, [reply], "weather?\n")
+    # The M1 template makes the family M1: <think> is reasoning, <tool_calls> the call format.
+    assert cli.main(["chat", "--tools", str(tools_file), "--chat-template", str(template)]) == 0
+    shown = '[reasoning] \nhmm <tool_calls>\nSure.\n[tool call] get_weather({"city": "上海"})\n'
+    assert capsys.readouterr().out == shown
+    assert fake.prompts[0].startswith("<begin_of_document>") and fake.prompts[0].endswith("ai name=MiniMax AI\n")
+
+
 def test_chat_bad_tools_json_names_the_file(tiny_dir: Path, tmp_path: Path, env: dict[str, str]) -> None:
     bad = tmp_path / "tools.json"
     bad.write_text('[{"type": "function",\n  "function": {"name": }}]')

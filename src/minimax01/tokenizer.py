@@ -177,16 +177,28 @@ def load_tokenizer(path: str | os.PathLike[str]) -> MiniMaxTokenizer:
             raise CheckpointError(f"{cfg_file}: expected a JSON object")
         for key, default in (("bos_token", BOS), ("eos_token", EOS), ("unk_token", UNK)):
             kwargs[key] = _token_content(cfg.get(key), default, cfg_file, key)
-        template = _chat_template_of(cfg, cfg_file)
-        if template is not None:
-            kwargs["chat_template"] = template
-    tpl_file = directory / CHAT_TEMPLATE_FILE
+    template = checkpoint_chat_template(directory)
+    if template is not None:
+        kwargs["chat_template"] = template
+    return MiniMaxTokenizer(tokenizer, **kwargs)
+
+
+def checkpoint_chat_template(directory: str | os.PathLike[str]) -> str | None:
+    """The chat template a checkpoint directory ships (`chat_template.jinja`, else tokenizer_config.json's
+    `chat_template`), None when it has none."""
+    tpl_file = Path(directory) / CHAT_TEMPLATE_FILE
     if tpl_file.is_file():  # as in transformers, a separate template file takes precedence
         try:
-            kwargs["chat_template"] = tpl_file.read_text(encoding="utf-8")
+            return tpl_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{tpl_file}: cannot read ({e})") from e
-    return MiniMaxTokenizer(tokenizer, **kwargs)
+    cfg_file = Path(directory) / TOKENIZER_CONFIG_FILE
+    if not cfg_file.is_file():
+        return None
+    cfg = _read_json(cfg_file)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object")
+    return _chat_template_of(cfg, cfg_file)
 
 
 def _eos_ids(value: Any, path: Path) -> list[int] | None:

@@ -192,6 +192,8 @@ class FunctionCallStreamParser:
 class FunctionCallParser:
     """The ToolCallParser of MiniMax-Text-01's `<function_call>` blocks."""
 
+    tool_history = "text-01"  # Text-01's template reads earlier calls only as native text in the content
+
     def __init__(self, make_id: Callable[[], str] = new_call_id) -> None:
         self._make_id = make_id
 

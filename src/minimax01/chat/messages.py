@@ -1,15 +1,25 @@
-"""OpenAI-style chat input converted to what the MiniMax-Text-01 template reads, with every field validated
-(RequestError naming the offending field). The template rendering itself is template.py."""
+"""OpenAI-style chat input converted to what a MiniMax chat template reads, with every field validated
+(RequestError naming the offending field). The template rendering itself is template.py.
+
+Earlier tool calls and tool results reach the template in one of two forms (`ToolHistory`):
+- "text-01": MiniMax-Text-01's template knows no `tool_calls` field and no `tool` role, so calls become native
+  `<function_call>` text in the assistant content and results become `function` messages;
+- "openai": what templates such as MiniMax-M1's read (as vLLM passes them): assistant `tool_calls` with
+  `arguments` as a JSON object (the template writes it with `tojson`), and `tool` messages with the function
+  `name` filled in from the matching call.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from minimax01.chat.function_call import TOOL_NAME_RE, render_tool_call
 from minimax01.errors import RequestError
 
+ToolHistory = Literal["text-01", "openai"]
+TOOL_HISTORIES: tuple[str, ...] = ("text-01", "openai")
 _ROLES = ("system", "user", "assistant", "tool", "function")
 _ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 
@@ -67,8 +77,8 @@ def _call_arguments(arguments: Any, where: str) -> str:
     return arguments
 
 
-def normalize_messages(messages: Any) -> list[dict[str, Any]]:
-    """Converts OpenAI-style chat messages into the form the MiniMax template expects.
+def normalize_messages(messages: Any, tool_history: ToolHistory = "text-01") -> list[dict[str, Any]]:
+    """Converts OpenAI-style chat messages into the form a MiniMax template expects (Text-01's by default).
 
     - content (string, None or text parts) → `[{"type": "text", "text": ...}]`; system/user/function messages
       get a single part (their several text parts joined with "\\n", because the template reads only part 0);
@@ -79,6 +89,7 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
       with the same `tool_call_id`; a result that is not JSON is encoded as a JSON string, because the template
       splices it raw into `{"name": ..., "response": RESULT}`.
     - `developer` is read as `system`. Already-normalised messages pass through unchanged.
+    With tool_history "openai", tool calls and results keep the OpenAI shape instead (see the module doc).
 
     Raises RequestError naming the offending field.
     """
@@ -107,9 +118,18 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
 
         if role == "assistant":
             parts = [{"type": "text", "text": t} for t in texts]
-            if tool_calls is not None:
-                parts.append({"type": "text", "text": _render_tool_calls(tool_calls, where, call_names)})
-            out.append({"role": "assistant", "content": parts})
+            calls = _checked_tool_calls(tool_calls, where, call_names) if tool_calls is not None else []
+            if tool_history == "openai":
+                message: dict[str, Any] = {"role": "assistant", "content": parts}
+                if calls:
+                    message["tool_calls"] = [
+                        {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.loads(args)}}
+                        for call_id, name, args in calls]
+                out.append(message)
+            else:
+                if calls:
+                    parts.append({"type": "text", "text": "".join(render_tool_call(n, a) for _, n, a in calls)})
+                out.append({"role": "assistant", "content": parts})
             continue
 
         text = "\n".join(texts)
@@ -121,17 +141,24 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
             name = _check_name(msg.get("name"), f"{where}.name")
         else:  # OpenAI tool result
             name = _tool_result_name(msg, where, call_names)
-            if not _is_json(text):
-                text = json.dumps(text, ensure_ascii=False)
+        if tool_history == "openai":
+            result: dict[str, Any] = {"role": "tool", "name": name, "content": [{"type": "text", "text": text}]}
+            if isinstance(msg.get("tool_call_id"), str):
+                result["tool_call_id"] = msg["tool_call_id"]
+            out.append(result)
+            continue
+        if role == "tool" and not _is_json(text):
+            text = json.dumps(text, ensure_ascii=False)
         out.append({"role": "function", "name": name, "content": [{"type": "text", "text": text}]})
     return out
 
 
-def _render_tool_calls(tool_calls: Any, where: str, call_names: dict[str, str]) -> str:
-    """Validates OpenAI `tool_calls` and renders them natively; records their ids for later tool results."""
+def _checked_tool_calls(tool_calls: Any, where: str, call_names: dict[str, str]) -> list[tuple[str | None, str, str]]:
+    """Validates OpenAI `tool_calls` into (id, name, arguments JSON text); records their ids for later tool
+    results."""
     if not isinstance(tool_calls, list):
         raise RequestError(f"{where}.tool_calls must be a list")
-    rendered = []
+    checked: list[tuple[str | None, str, str]] = []
     for j, call in enumerate(tool_calls):
         cw = f"{where}.tool_calls[{j}]"
         if not isinstance(call, Mapping):
@@ -148,8 +175,8 @@ def _render_tool_calls(tool_calls: Any, where: str, call_names: dict[str, str]) 
             if not isinstance(call_id, str):
                 raise RequestError(f"{cw}.id must be a string")
             call_names[call_id] = name
-        rendered.append(render_tool_call(name, arguments))
-    return "".join(rendered)
+        checked.append((call_id, name, arguments))
+    return checked
 
 
 def _tool_result_name(msg: Mapping[str, Any], where: str, call_names: dict[str, str]) -> str:

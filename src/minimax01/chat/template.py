@@ -1,5 +1,10 @@
-"""The chat template: MiniMax-Text-01's `chat_template` and a Jinja environment that renders it exactly as
-transformers' `apply_chat_template` does (byte-identical output is tested against transformers)."""
+"""The chat template: MiniMax-Text-01's `chat_template` and a Jinja environment that renders it, or a
+checkpoint's own template, exactly as transformers' `apply_chat_template` does (byte-identical output is tested
+against transformers).
+
+Templates differ in how they read `message['content']`: Text-01's indexes it as a list of `{type, text}` parts,
+others (MiniMax-M1's, most fine-tunes') print it as a string. Which one a template expects is read from its
+syntax tree (`content_format`), and messages are handed over in that form."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from minimax01.chat.messages import normalize_messages, normalize_tools
+from minimax01.chat.messages import ToolHistory, normalize_messages, normalize_tools
 from minimax01.errors import RequestError
 from minimax01.special_tokens import BOS, EOS, UNK
 
@@ -53,8 +58,7 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-@lru_cache(maxsize=8)
-def _compile(template: str) -> jinja2.Template:
+def _environment() -> ImmutableSandboxedEnvironment:
     # Same options as transformers (trim/lstrip blocks, loopcontrols) so custom templates render identically.
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationExtension, jinja2.ext.loopcontrols]
@@ -62,25 +66,83 @@ def _compile(template: str) -> jinja2.Template:
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
+    return env
+
+
+def _is_content(node: jinja2.nodes.Node) -> bool:
+    """`x['content']` or `x.content`."""
+    if isinstance(node, jinja2.nodes.Getitem):
+        return isinstance(node.arg, jinja2.nodes.Const) and node.arg.value == "content"
+    return isinstance(node, jinja2.nodes.Getattr) and node.attr == "content"
+
+
+def _unfiltered(node: jinja2.nodes.Node) -> jinja2.nodes.Node:
+    while isinstance(node, jinja2.nodes.Filter) and node.node is not None:
+        node = node.node
+    return node
+
+
+def _reads_content_as_list(tree: jinja2.nodes.Template) -> bool:
+    """Whether the template indexes `content` with a number or loops over it (the list-of-parts form)."""
+    for node in tree.find_all(jinja2.nodes.Getitem):
+        if _is_content(node.node) and isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, int):
+            return True
+    return any(_is_content(_unfiltered(loop.iter)) for loop in tree.find_all(jinja2.nodes.For))
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> tuple[jinja2.Template, bool]:
+    """The compiled template and whether it reads `content` as a list of parts."""
+    env = _environment()
+    try:
+        tree = env.parse(template)
+        return env.from_string(template), _reads_content_as_list(tree)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise RequestError(f"chat template has a syntax error: {e}") from e
+
+
+def content_format(chat_template: str) -> str:
+    """'list' (content as `[{type, text}]` parts, as Text-01's template reads it) or 'string'."""
+    return "list" if _compile(chat_template)[1] else "string"
+
+
+def _as_strings(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with each content list of text parts joined into one string (the parts are what the list form
+    template would concatenate)."""
+    return [{**m, "content": "".join(p["text"] for p in m["content"])} for m in messages]
+
+
+# Variables render_chat sets itself; chat_template_kwargs may not replace them.
+_RESERVED = frozenset({"messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token",
+                       "unk_token"})
 
 
 def render_chat(messages: Any, tools: Any = None, add_generation_prompt: bool = True, *,
-                chat_template: str | None = None) -> str:
+                chat_template: str | None = None, tool_history: ToolHistory = "text-01",
+                template_kwargs: dict[str, Any] | None = None) -> str:
     """Normalises `messages`/`tools` and renders them with the chat template (default: MiniMax-Text-01's).
 
-    For already-normalised input the result is byte-identical to transformers'
+    `tool_history` says how earlier tool calls and results reach the template (messages.normalize_messages);
+    `template_kwargs` are extra template variables (the request's `chat_template_kwargs`, e.g. a switch a
+    template reads). For already-normalised input the result is byte-identical to transformers'
     `apply_chat_template(..., tokenize=False)` with the same template.
     """
-    template = _compile(CHAT_TEMPLATE if chat_template is None else chat_template)
+    template, list_content = _compile(CHAT_TEMPLATE if chat_template is None else chat_template)
+    extra = dict(template_kwargs or {})
+    if clash := sorted(_RESERVED & extra.keys()):
+        raise RequestError(f"chat_template_kwargs may not set {', '.join(clash)}")
+    normalized = normalize_messages(messages, tool_history)
     try:
         return template.render(
-            messages=normalize_messages(messages),
+            **extra,
+            messages=normalized if list_content else _as_strings(normalized),
             tools=normalize_tools(tools),
             documents=None,
             add_generation_prompt=add_generation_prompt,
             # transformers passes the special tokens map too; custom templates may use them
             bos_token=BOS, eos_token=EOS, unk_token=UNK,
         )
-    except jinja2.exceptions.TemplateError as e:
+    # A template may also fail on values it did not expect (e.g. `'a' + content` with list content): that is a
+    # request the template cannot render, not a server fault.
+    except (jinja2.exceptions.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
         raise RequestError(f"chat template failed: {e}") from e

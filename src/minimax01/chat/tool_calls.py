@@ -1,6 +1,6 @@
 """The tool-call parser interface: what the server and the CLI need from a model family's native tool-call
-format, whatever its syntax. Implementations: `function_call.FunctionCallParser` (MiniMax-Text-01); the
-family -> parser choice is `tool_parsers.tool_parser_for`."""
+format, whatever its syntax. Implementations: `function_call.FunctionCallParser` (MiniMax-Text-01),
+`m1_tool_calls.ToolCallsParser` (MiniMax-M1); the family -> parser choice is `tool_parsers.tool_parser_for`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ class StreamingToolCallParser(Protocol):
 
 class ToolCallParser(Protocol):
     """One model family's native tool-call format."""
+
+    #: How earlier calls and results are handed to the chat template (messages.ToolHistory).
+    tool_history: str
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(content, tool calls) of a whole output; a malformed or truncated call stays content, never raises."""

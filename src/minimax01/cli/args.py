@@ -86,17 +86,40 @@ def device_arg(value: str | None) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------------------------- chat format flags
+def add_chat_format_flags(p: argparse.ArgumentParser) -> None:
+    from minimax01.chat.tool_parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
+
+    g = p.add_argument_group("chat format (default: detected from the checkpoint)")
+    g.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template to use instead of the checkpoint's (tokenizer_config.json "
+                        "chat_template or chat_template.jinja; the built-in Text-01 one when it has none)")
+    g.add_argument("--tool-call-parser", choices=tuple(TOOL_CALL_PARSERS),
+                   help="tool-call output format: minimax-text-01 <function_call>, minimax-m1 <tool_calls>")
+    g.add_argument("--reasoning-parser", choices=tuple(REASONING_PARSERS),
+                   help="minimax-m1: <think>...</think> text becomes reasoning_content; none: all is content")
+
+
+def chat_setup_arg(args: argparse.Namespace, model_dir: Path) -> Any:
+    """loading.ChatSetup of the checkpoint and the chat format flags."""
+    from minimax01.loading import load_chat_setup
+
+    return load_chat_setup(model_dir, args.chat_template, args.tool_call_parser, args.reasoning_parser)
+
+
 # ---------------------------------------------------------------------------------------------- sampling flags
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
                    help="most tokens to generate per reply (>= 1; default %(default)s)")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                   help="softmax temperature in [0, 2]; 0 = greedy (default %(default)s)")
-    g.add_argument("--top-k", type=int, default=0, metavar="K",
-                   help="sample from the K most likely tokens; 0 or -1 disables (default %(default)s)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="nucleus sampling: smallest set with probability mass >= P, in (0, 1] (default %(default)s)")
+    # temperature / top-k / top-p default to the checkpoint's generation_config.json, else 1.0 / 0 / 1.0.
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help="softmax temperature in [0, 2]; 0 = greedy (default: the checkpoint's, else 1.0)")
+    g.add_argument("--top-k", type=int, metavar="K",
+                   help="sample from the K most likely tokens; 0 or -1 disables (default: the checkpoint's, else 0)")
+    g.add_argument("--top-p", type=float, metavar="P",
+                   help="nucleus sampling: smallest set with probability mass >= P, in (0, 1] (default: the "
+                        "checkpoint's, else 1.0)")
     g.add_argument("--min-p", type=float, default=0.0, metavar="P",
                    help="drop tokens less likely than P x the most likely one, in [0, 1] (default %(default)s)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
@@ -106,11 +129,19 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="stop strings: the output ends just before the first one (repeatable)")
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling flags as generate() keyword arguments, validated by SamplingParams (message names the flag)."""
+def sampling_kwargs(args: argparse.Namespace, defaults: dict[str, float] | None = None) -> dict[str, Any]:
+    """The sampling flags as generate() keyword arguments, validated by SamplingParams (message names the flag).
+    `defaults`: the checkpoint's generation_config.json values, for the flags not given."""
     from minimax01.sampling import SamplingParams
 
-    knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
+    defaults = defaults or {}
+
+    def pick(key: str, fallback: float) -> Any:
+        value = getattr(args, key)
+        return value if value is not None else defaults.get(key, fallback)
+
+    knobs = {"temperature": pick("temperature", 1.0), "top_k": int(pick("top_k", 0)), "top_p": pick("top_p", 1.0),
+             "min_p": args.min_p}
     common = {"max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
               "seed": args.seed, "stop": args.stop or []}
     params = SamplingParams(**knobs, **common)

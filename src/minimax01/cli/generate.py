@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from minimax01.cli.args import add_model_flags, add_sampling_flags, sampling_kwargs
+from minimax01.cli.args import (add_chat_format_flags, add_model_flags, add_sampling_flags, chat_setup_arg,
+                                model_dir_arg, sampling_kwargs)
 from minimax01.cli.run_model import Stats, stream_text, with_model, write
+from minimax01.chat.template import render_chat
 from minimax01.errors import RequestError
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wrap the prompt as one user message with the model's chat template")
     add_model_flags(p)
     add_sampling_flags(p)
+    add_chat_format_flags(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -42,12 +45,13 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)
+    chat = chat_setup_arg(args, model_dir_arg(args.model))  # before the model: a bad flag fails fast
+    sampling = sampling_kwargs(args, chat.generation_defaults)
     # Before the (slow) model, so that a bad file fails fast; under torchrun on rank 0 alone (it may be stdin).
     prompt = read_prompt(args) if os.environ.get("RANK", "0") == "0" else ""
 
     def run(loaded: Loaded) -> int:
-        text = (loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False)
+        text = (render_chat([{"role": "user", "content": prompt}], chat_template=chat.chat_template)
                 if args.chat else prompt)
         stats = Stats()
         for piece in stream_text(loaded, text, sampling, stats):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from minimax01.cli.args import model_dir_arg, parse_tokens
+from pathlib import Path
+
+from minimax01.cli.args import add_chat_format_flags, chat_setup_arg, model_dir_arg, parse_tokens
 from minimax01.config import PRESETS, MiniMaxConfig, format_bytes, format_count
 
 
@@ -23,6 +25,7 @@ def add_info_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG_OR_DIR", nargs="?",
                    help="checkpoint directory, path to config.json, or a preset: " + ", ".join(sorted(PRESETS))
                         + "; default: the built-in tiny model")
+    add_chat_format_flags(p)
     p.set_defaults(func=cmd_info)
 
 
@@ -62,8 +65,24 @@ def info_report(config: MiniMaxConfig) -> str:
     return "\n".join(lines)
 
 
+def chat_report(args: argparse.Namespace, model_dir: Path) -> str:
+    """The family, parsers, template and sampling defaults a checkpoint directory is served with."""
+    chat = chat_setup_arg(args, model_dir)
+    defaults = ", ".join(f"{k} {v:g}" for k, v in chat.generation_defaults.items()) or "none"
+    return "\n".join([
+        f"model family      {chat.format.family}",
+        f"parsers           tool calls {chat.format.tool_call_parser}, reasoning {chat.format.reasoning_parser}",
+        f"chat template     {chat.template_source}",
+        f"sampling defaults {defaults} (generation_config.json)",
+    ])
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    print(info_report(load_config_arg(args.config or str(model_dir_arg(None)))))
+    target = args.config or str(model_dir_arg(None))
+    report = info_report(load_config_arg(target))
+    if Path(target).is_dir():  # a checkpoint: it has a chat format too (a preset or config.json alone has not)
+        report += "\n" + chat_report(args, Path(target))
+    print(report)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes
+from minimax01.cli.args import add_chat_format_flags, add_model_flags, device_arg, model_dir_arg, parse_bytes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-block-size", type=int, metavar="N", help="tokens per KV-cache page (default 64)")
     p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
                    help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
+    add_chat_format_flags(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -37,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "max_num_batched_tokens": args.max_num_batched_tokens, "dtype": args.dtype, "device": device,
         "served_model_name": args.served_model_name, "quantize": args.quantize, "tp": args.tp, "ep": args.ep,
         "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
-        "max_body_bytes": args.max_body_bytes, "load_format": args.load_format,
+        "max_body_bytes": args.max_body_bytes, "load_format": args.load_format, "chat_template": args.chat_template,
+        "tool_call_parser": args.tool_call_parser, "reasoning_parser": args.reasoning_parser,
     }
     # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).
     serve(**{k: v for k, v in options.items() if v is not None})

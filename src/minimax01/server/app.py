@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from minimax01.chat.tool_parsers import DEFAULT_MODEL_FAMILY, tool_parser_for
+from minimax01.chat.tool_parsers import reasoning_parser_for, tool_parser_for
 from minimax01.errors import RequestError
+from minimax01.loading import ChatSetup, default_chat_setup
 from minimax01.server.api_error import APIError, request_error
 from minimax01.server.context import ServerContext
 from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES, RequestGuard
@@ -46,19 +47,22 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tokenizer: MiniMaxTokenizer | None = None,
-               model_family: str = DEFAULT_MODEL_FAMILY) -> FastAPI:
+               chat: ChatSetup | None = None) -> FastAPI:
     """The ASGI app serving `engine_runner` under the model id `model_name`.
 
     `tokenizer` defaults to the engine's own. With `api_key`, /v1/* requires `Authorization: Bearer <key>`
-    (/health and /metrics stay open for probes and scrapers). `model_family` picks the tool-call parser
-    (chat.tool_parsers).
+    (/health and /metrics stay open for probes and scrapers). `chat` gives the chat template, the parsers
+    and the sampling defaults (default: the tokenizer's template, Text-01's parsers, no defaults).
     """
     engine = engine_runner.engine
     tok = tokenizer if tokenizer is not None else engine.tokenizer
     if tok is None:
         raise ValueError("the server needs a tokenizer (pass one or give the engine one)")
+    chat = chat if chat is not None else default_chat_setup(tok)
     ctx = ServerContext(engine_runner, tok, model_name, engine.max_model_len, engine.config.vocab_size, api_key,
-                        tool_parser_for(model_family))
+                        tool_parser_for(chat.format.tool_call_parser),
+                        reasoning_parser_for(chat.format.reasoning_parser), chat.chat_template,
+                        chat.generation_defaults)
     metrics = engine_runner.metrics
     app = FastAPI(title="minimax01", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,

@@ -1,4 +1,6 @@
-"""POST /v1/chat/completions: messages rendered with the chat template, the output parsed for tool calls.
+"""POST /v1/chat/completions: messages rendered with the served chat template (the checkpoint's, unless
+`--chat-template` replaced it; `chat_template_kwargs` from the body are passed to it), the output parsed for
+reasoning (`reasoning_content`, when the family has a reasoning parser) and tool calls.
 
 Tool calls: the served model family's parser (`ServerContext.tool_parser`) reads the model's native calls, the
 same parser for streaming and non-streaming responses. `tool_choice`:
@@ -23,6 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from minimax01.chat.messages import normalize_tools
+from minimax01.chat.reasoning import OutputStream
 from minimax01.chat.template import render_chat
 from minimax01.errors import RequestError
 from minimax01.server.api_error import APIError, request_error
@@ -63,7 +66,9 @@ async def chat_completion(request: Request, ctx: ServerContext) -> Response:
     tools, parse_tools, prefix = _tool_plan(req, ctx)
 
     def tokenize() -> list[int]:
-        return ctx.tokenizer.encode(render_chat(req.messages, tools, add_generation_prompt=True) + prefix)
+        prompt = render_chat(req.messages, tools, add_generation_prompt=True, chat_template=ctx.chat_template,
+                             tool_history=ctx.tool_parser.tool_history, template_kwargs=req.chat_template_kwargs)
+        return ctx.tokenizer.encode(prompt + prefix)
 
     try:  # off the event loop: a long prompt must not stall the other streams
         prompt_ids = await asyncio.to_thread(tokenize)
@@ -79,7 +84,8 @@ async def chat_completion(request: Request, ctx: ServerContext) -> Response:
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     subs = [Submission(prompt_ids, sampling_params(req, ctx, len(prompt_ids), max_tokens, logprobs, seed, names),
                        f"{rid}-{i}") for i, seed in enumerate(choice_seeds(req.seed, req.n))]
-    choices = [Choice(i, ctx.tool_parser.streaming() if parse_tools else None) for i in range(req.n)]
+    choices = [Choice(i, OutputStream(ctx.reasoning_parser.streaming() if ctx.reasoning_parser else None,
+                                      ctx.tool_parser.streaming() if parse_tools else None)) for i in range(req.n)]
     base = {"id": rid, "created": int(time.time()), "model": ctx.model_name}
     gen = await ctx.runner.submit(subs)
 

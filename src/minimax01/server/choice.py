@@ -1,34 +1,37 @@
-"""Choice: what one choice of a response has accumulated from its engine outputs (tokens, logprobs, content,
-tool calls, finish reason), for the final response and for the usage count."""
+"""Choice: what one choice of a response has accumulated from its engine outputs (tokens, logprobs, reasoning,
+content, tool calls, finish reason), for the final response and for the usage count."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from minimax01.chat.tool_calls import Event, StreamingToolCallParser, ToolCall
+from minimax01.chat.reasoning import OutputEvent, OutputStream, Reasoning
+from minimax01.chat.tool_calls import ToolCall
 from minimax01.server.runner import EngineFailure
 
 
 @dataclass
 class Choice:
-    """Accumulates one choice's outputs; `update()` turns an engine output into content / tool-call events."""
+    """Accumulates one choice's outputs; `update()` turns an engine output into reasoning / content / tool-call
+    events."""
 
     index: int
-    parser: StreamingToolCallParser | None  # None: the output is plain content
+    parser: OutputStream
     finish_reason: str | None = None
     completion_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
 
-    def start(self, prefix: str) -> list[Event]:
+    def start(self, prefix: str) -> list[OutputEvent]:
         """Feeds the forced tool-call prefix (tool_choice required/named) to the parser."""
-        return self._record(self.parser.feed(prefix)) if (prefix and self.parser) else []
+        return self._record(self.parser.feed(prefix))
 
-    def update(self, out: Any) -> list[Event]:
+    def update(self, out: Any) -> list[OutputEvent]:
         if out.finish_reason == "error":
             raise EngineFailure("the engine failed while generating this request")
         self.token_ids.extend(out.new_token_ids)
@@ -36,13 +39,9 @@ class Choice:
             self.logprobs.extend(out.logprobs)
             self.top_logprobs.extend(out.top_logprobs or [[] for _ in out.logprobs])
         self.completion_tokens = out.completion_tokens
-        events: list[Event] = []
-        if self.parser is not None:
-            events = self.parser.feed(out.new_text)
-            if out.finished:
-                events += self.parser.finish()
-        elif out.new_text:
-            events = [out.new_text]
+        events = self.parser.feed(out.new_text)
+        if out.finished:
+            events += self.parser.finish()
         if out.finished:
             reason = out.finish_reason or "stop"
             self.finish_reason = reason
@@ -51,7 +50,12 @@ class Choice:
             self.finish_reason = "tool_calls"
         return events
 
-    def _record(self, events: list[Event]) -> list[Event]:
+    def _record(self, events: list[OutputEvent]) -> list[OutputEvent]:
         for e in events:
-            (self.tool_calls if isinstance(e, ToolCall) else self.content).append(e)  # type: ignore[arg-type]
+            if isinstance(e, ToolCall):
+                self.tool_calls.append(e)
+            elif isinstance(e, Reasoning):
+                self.reasoning.append(e.text)
+            else:
+                self.content.append(e)
         return events

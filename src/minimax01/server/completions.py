@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from minimax01.chat.reasoning import OutputStream
 from minimax01.server.api_error import APIError
 from minimax01.server.choice import Choice
 from minimax01.server.context import ServerContext
@@ -56,7 +57,7 @@ async def completion(request: Request, ctx: ServerContext) -> Response:
     subs = [Submission(ids, sampling_params(req, ctx, len(ids), req.max_tokens, req.logprobs, seed, names),
                        f"{rid}-{p * req.n + i}")
             for p, ids in enumerate(prompts) for i, seed in enumerate(choice_seeds(req.seed, req.n))]
-    choices = [Choice(i, None) for i in range(len(subs))]
+    choices = [Choice(i, OutputStream(None, None)) for i in range(len(subs))]  # plain text: no parsing
     prompt_tokens = sum(len(ids) for ids in prompts)
     base = {"id": rid, "created": int(time.time()), "model": ctx.model_name}
     gen = await ctx.runner.submit(subs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minimax01.chat.tool_calls import Event, ToolCall
+from minimax01.chat.reasoning import OutputEvent, Reasoning
+from minimax01.chat.tool_calls import ToolCall
 from minimax01.server.choice import Choice
 from minimax01.tokenizer import MiniMaxTokenizer
 
@@ -55,11 +56,14 @@ def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
-def chat_delta(events: list[Event], first_call: int) -> dict[str, Any]:
+def chat_delta(events: list[OutputEvent], first_call: int) -> dict[str, Any]:
     """The `delta` of a chat chunk; tool calls are numbered from `first_call` (calls already sent)."""
     delta: dict[str, Any] = {}
     text = "".join(e for e in events if isinstance(e, str))
+    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
     calls = [e for e in events if isinstance(e, ToolCall)]
+    if reasoning:
+        delta["reasoning_content"] = reasoning
     if text:
         delta["content"] = text
     if calls:
@@ -71,6 +75,8 @@ def chat_message(c: Choice) -> dict[str, Any]:
     """The assistant `message` of a non-streaming chat choice (content null when there are only tool calls)."""
     content = "".join(c.content)
     msg: dict[str, Any] = {"role": "assistant", "content": content if (content or not c.tool_calls) else None}
+    if c.reasoning:
+        msg["reasoning_content"] = "".join(c.reasoning)
     if c.tool_calls:
         msg["tool_calls"] = [t.to_openai() for t in c.tool_calls]
     return msg

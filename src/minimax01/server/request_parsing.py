@@ -87,10 +87,12 @@ def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: i
     if req.logit_bias:
         raise APIError(400, "logit_bias is not supported", param="logit_bias")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    defaults = ctx.generation_defaults  # the checkpoint's generation_config.json, for what the request leaves out
     params = SamplingParams(
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+        temperature=defaults.get("temperature", 1.0) if req.temperature is None else req.temperature,
+        top_p=defaults.get("top_p", 1.0) if req.top_p is None else req.top_p,
+        top_k=int(defaults.get("top_k", 0)) if req.top_k is None else req.top_k,
+        min_p=req.min_p, repetition_penalty=req.repetition_penalty,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         seed=seed, max_new_tokens=max_tokens, stop=stop, logprobs=logprobs, ignore_eos=req.ignore_eos,
     )

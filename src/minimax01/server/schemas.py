@@ -53,7 +53,7 @@ class _SamplingFields(_Strict):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     # Extensions (vLLM names).
-    top_k: int = 0
+    top_k: int | None = None  # None: generation_config.json's, else 0 (off)
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
@@ -69,6 +69,7 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra chat-template variables (vLLM's extension)
 
 
 class CompletionRequest(_SamplingFields):

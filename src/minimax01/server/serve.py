@@ -15,9 +15,8 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from minimax01.chat.tool_parsers import DEFAULT_MODEL_FAMILY
 from minimax01.engine import LLMEngine
-from minimax01.loading import Loaded, checkpoint_dir, run_with_model
+from minimax01.loading import ChatSetup, Loaded, checkpoint_dir, load_chat_setup, run_with_model
 from minimax01.server.app import create_app
 from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES
 from minimax01.server.runner import AsyncEngine
@@ -34,17 +33,17 @@ class Server:
 def build_server(model: Any, tokenizer: MiniMaxTokenizer, model_name: str, *, api_key: str | None = None,
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
                  kv_block_size: int = 64, kv_cache_memory: int | None = None, stop_token_ids: list[int] | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, model_family: str = DEFAULT_MODEL_FAMILY) -> Server:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, chat: ChatSetup | None = None) -> Server:
     """Engine (continuous batching over `max_num_seqs` slots) + its thread + the ASGI app.
 
     `kv_cache_memory` (bytes) sizes the softmax-layer KV pool; by default every slot can hold `max_model_len`.
-    `model_family` picks the tool-call parser (chat.tool_parsers).
+    `chat`: template, parsers and sampling defaults (loading.load_chat_setup; default: see create_app).
     """
     engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                        max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
                        kv_cache_bytes=kv_cache_memory, default_stop_token_ids=stop_token_ids)
     runner = AsyncEngine(engine)
-    app = create_app(runner, model_name, api_key=api_key, max_body_bytes=max_body_bytes, model_family=model_family)
+    app = create_app(runner, model_name, api_key=api_key, max_body_bytes=max_body_bytes, chat=chat)
     return Server(app, runner, model_name)
 
 
@@ -61,7 +60,8 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
           dtype: torch.dtype | str | None = None, device: str = "cpu", served_model_name: str | None = None,
           quantize: str | None = None, tp: int = 1, ep: int = 1, kv_block_size: int = 64,
           kv_cache_memory: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          log_level: str = "info", load_format: str = "auto") -> None:
+          log_level: str = "info", load_format: str = "auto", chat_template: str | None = None,
+          tool_call_parser: str | None = None, reasoning_parser: str | None = None) -> None:
     """Serves a checkpoint directory (default: the built-in tiny model) on http://host:port/v1.
 
     Binds 127.0.0.1 unless told otherwise; `api_key` makes /v1/* require `Authorization: Bearer <key>`.
@@ -70,19 +70,23 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     shard the model over several processes (parallel/world.py): this process serves as rank 0 and starts the
     others itself (one per GPU of `device`, or gloo processes on the CPU); under torchrun, rank 0 serves and
     the other ranks follow its steps. `load_format="dummy"`: random weights, only config.json is read
-    (benchmarks).
+    (benchmarks). `chat_template` (a file) replaces the checkpoint's template; `tool_call_parser` /
+    `reasoning_parser` replace the detected family's parsers (chat.tool_parsers).
     """
     model_dir = checkpoint_dir(model)
+    chat = load_chat_setup(model_dir, chat_template, tool_call_parser, reasoning_parser)  # before the weights
 
     def run(loaded: Loaded) -> None:
         server = build_server(loaded.model, loaded.tokenizer, served_model_name or model_dir.name, api_key=api_key,
                               max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                               max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
                               kv_cache_memory=kv_cache_memory, stop_token_ids=loaded.stop_token_ids,
-                              max_body_bytes=max_body_bytes)
+                              max_body_bytes=max_body_bytes, chat=chat)
         logging.getLogger("minimax01.server").info(
-            "serving %s as %r on http://%s:%d/v1 (max_num_seqs=%d, max_model_len=%d, tp=%d, ep=%d)", model_dir,
-            server.model_name, host, port, max_num_seqs, server.runner.engine.max_model_len, tp, ep)
+            "serving %s as %r on http://%s:%d/v1 (max_num_seqs=%d, max_model_len=%d, tp=%d, ep=%d; family %s, "
+            "tool-call parser %s, reasoning parser %s, %s chat template)", model_dir, server.model_name, host, port,
+            max_num_seqs, server.runner.engine.max_model_len, tp, ep, chat.format.family,
+            chat.format.tool_call_parser, chat.format.reasoning_parser, chat.template_source)
         run_server(server, host, port, log_level)
 
     run_with_model(model_dir, run, dtype=dtype, device=device, quantize=quantize, tp=tp, ep=ep,
