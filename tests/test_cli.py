@@ -249,6 +249,28 @@ def test_serve_passes_its_flags_to_the_server(tiny_dir: Path, env: dict[str, str
         proc.communicate(timeout=30)
 
 
+def test_serve_checks_the_address_before_loading(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import minimax01.server.serve as serve_module
+
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the address was checked")
+
+    monkeypatch.setattr(serve_module, "run_with_model", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--model", str(tiny_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"minimax01 serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n", err
+
+
+def test_serve_help_says_which_routes_need_the_key() -> None:
+    help_text = " ".join(_subparsers(cli.build_parser())["serve"].format_help().split())
+    assert "on /v1/* requests (/health and /metrics stay open" in help_text
+
+
 def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_tokens("4M") == 4 * 2**20 and parse_tokens("128k") == 128 * 2**10
     assert parse_tokens("1000000") == 1_000_000
@@ -273,6 +295,12 @@ def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     (["plan", "--gpus", "6", "--tp", "4"], "tp=4 must divide the number of processes (6)"),
     (["init-tiny", "/no/such/dir", "--layers", "0"], "layers must be >= 1, got 0"),
     (["info", "/no/such/dir"], "/no/such/dir: config file not found"),
+    (["generate", "--prompt", "x", "--model", __file__], f"--model {__file__}: is a file; pass the checkpoint "
+                                                         f"directory that holds it (--model {Path(__file__).parent})"),
+    (["generate", "--prompt", "x", "--model", str(Path(__file__).parent)], "not a checkpoint directory (no config"),
+    (["generate", "--prompt", ""], "--prompt: the prompt is empty"),
+    (["serve", "--api-key", ""], "argument --api-key: the key must not be empty"),
+    (["serve", "--port", "99999"], "argument --port: '99999' is not a port number (1-65535)"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     try:

@@ -68,8 +68,13 @@ def model_dir_arg(value: str | None) -> Path:
 
         return ensure_default_model()
     path = Path(value)
+    if path.is_file():
+        raise RequestError(f"--model {value}: is a file; pass the checkpoint directory that holds it "
+                           f"(--model {path.parent})")
     if not path.is_dir():
         raise RequestError(f"--model {value}: no such checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise RequestError(f"--model {value}: not a checkpoint directory (no config.json in it)")
     return path
 
 

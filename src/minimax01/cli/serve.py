@@ -7,13 +7,28 @@ import argparse
 from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes
 
 
+def port_number(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return int(value)
+
+
+def api_key(value: str) -> str:
+    # An empty key would make the empty bearer token ("Authorization: Bearer ") a valid credential.
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the key must not be empty")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server",
                        description="Serves /v1/chat/completions, /v1/completions and /v1/models.")
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on (default %(default)s)")
+    p.add_argument("--api-key", type=api_key, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* requests (/health and /metrics stay open "
+                        "for probes and scrapers); default: no key")
     p.add_argument("--served-model-name", metavar="NAME", help="model name reported by the API (default: DIR name)")
     p.add_argument("--max-num-seqs", type=int, metavar="N", help="most sequences decoded together")
     p.add_argument("--max-model-len", type=int, metavar="N", help="longest prompt + completion, in tokens")

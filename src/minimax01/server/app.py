@@ -2,7 +2,8 @@
 
 No model logic in the server: requests are validated (request_parsing), rendered to token ids (chat template +
 tokenizer), handed to the AsyncEngine, and its outputs are turned into OpenAI response objects or SSE chunks
-(openai_format, streaming). Every failure is answered as `{"error": {...}}` (api_error) with a 4xx/5xx status.
+(openai_format, streaming). Every failure is answered as `{"error": {...}}` (api_error) with a 4xx/5xx status:
+the expected ones by the handlers below, anything unexpected by middleware.RequestGuard.
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _engine_error(_: Request, e: EngineFailure) -> JSONResponse:
         return APIError(500, str(e), type="server_error").response()
 
-    @app.exception_handler(Exception)
-    async def _internal_error(_: Request, e: Exception) -> JSONResponse:
-        return APIError(500, f"internal error: {type(e).__name__}", type="server_error").response()
-
 
 def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tokenizer: MiniMaxTokenizer | None = None,
@@ -53,6 +50,8 @@ def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None 
     (/health and /metrics stay open for probes and scrapers). `model_family` picks the tool-call parser
     (chat.tool_parsers).
     """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must not be empty (the empty bearer token would pass)")
     engine = engine_runner.engine
     tok = tokenizer if tokenizer is not None else engine.tokenizer
     if tok is None:

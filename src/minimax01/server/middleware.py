@@ -6,6 +6,7 @@ count must see every /v1 response, the ones of errors raised before any route to
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ from minimax01.server.api_error import APIError
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
 # Known endpoints are metric labels as they are; any other path is "other" (bounded label cardinality).
 _ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+_NOT_STARTED = 0  # the status recorded before a response starts
+log = logging.getLogger("minimax01.server")
 
 
 class RequestGuard:
@@ -29,7 +32,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        status = [500]
+        status = [_NOT_STARTED]
 
         async def send_counted(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -53,6 +56,15 @@ class RequestGuard:
                 return message
 
             await self.app(scope, limited_receive, send_counted)
+        except Exception as e:
+            # Answered here rather than re-raised to the server (Starlette's last-resort handler re-raises, and
+            # uvicorn then resets the keep-alive connection without `Connection: close`, so the client's next
+            # request on it fails). Once a response has started only closing the connection can signal the error.
+            if status[0] != _NOT_STARTED:
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), path)
+            await APIError(500, f"internal error: {type(e).__name__}", type="server_error").response()(
+                scope, receive, send_counted)
         finally:
             if path.startswith("/v1/"):
                 self.count(path if path in _ENDPOINTS else "other", status[0])

@@ -7,6 +7,7 @@ The pieces are separate functions so that tests and benchmarks can build a serve
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from minimax01.chat.tool_parsers import DEFAULT_MODEL_FAMILY
 from minimax01.engine import LLMEngine
+from minimax01.errors import RequestError
 from minimax01.loading import Loaded, checkpoint_dir, run_with_model
 from minimax01.server.app import create_app
 from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES
@@ -48,6 +50,22 @@ def build_server(model: Any, tokenizer: MiniMaxTokenizer, model_name: str, *, ap
     return Server(app, runner, model_name)
 
 
+def check_address(host: str, port: int) -> None:
+    """RequestError unless `host:port` can be listened on now: checked before the (slow) model load, so that a
+    typo or a port in use fails at once and in one line. uvicorn binds again later; the check uses the same
+    socket options (SO_REUSEADDR), so it refuses exactly what uvicorn would."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+    except (OSError, OverflowError) as e:  # socket.gaierror is an OSError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RequestError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def run_server(server: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Runs uvicorn until interrupted, then stops the engine thread."""
     try:
@@ -72,6 +90,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     the other ranks follow its steps. `load_format="dummy"`: random weights, only config.json is read
     (benchmarks).
     """
+    check_address(host, port)
     model_dir = checkpoint_dir(model)
 
     def run(loaded: Loaded) -> None:
