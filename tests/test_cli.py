@@ -249,6 +249,28 @@ def test_serve_passes_its_flags_to_the_server(tiny_dir: Path, env: dict[str, str
         proc.communicate(timeout=30)
 
 
+def test_non_finite_weight_is_one_line_exit_2(tiny_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    poisoned, key = tmp_path / "poisoned", "model.norm.weight"
+    shutil.copytree(tiny_dir, poisoned)
+    shard = poisoned / json.loads((poisoned / "model.safetensors.index.json").read_text())["weight_map"][key]
+    state = load_file(shard)
+    state[key][0] = float("nan")
+    save_file(state, str(shard), metadata={"format": "pt"})
+    argv = ["generate", "--model", str(poisoned), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"minimax01 generate: error: {shard}: tensor '{key}' holds 1 non-finite value(s) (NaN or inf); "
+                   f"the checkpoint is corrupt (--skip-weight-check loads it anyway)")
+    # Skipped: it loads, and the engine's per-request guard ends the request with an error, not garbage text.
+    assert cli.main([*argv, "--skip-weight-check"]) == 0
+    assert "[finish_reason=error, 0 tokens" in capsys.readouterr().err
+
+
 def test_serve_checks_the_address_before_loading(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import minimax01.server.serve as serve_module

@@ -59,6 +59,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: read the checkpoint's weights; dummy: read only its config.json and draw random "
                         "weights on the device (benchmarks at real dimensions without the weights on disk) "
                         "(default %(default)s)")
+    p.add_argument("--skip-weight-check", action="store_true",
+                   help="do not check every weight for NaN / inf while loading (the check's cost is printed "
+                        "with the load time; a corrupt weight otherwise turns every completion into garbage)")
 
 
 def model_dir_arg(value: str | None) -> Path:

@@ -30,7 +30,7 @@ def with_model(args: argparse.Namespace, body: Callable[[Loaded], int]) -> int:
         return body(loaded)
 
     result = run_with_model(model, timed, dtype=args.dtype, device=device, quantize=args.quantize, tp=args.tp,
-                            ep=args.ep, load_format=args.load_format)
+                            ep=args.ep, load_format=args.load_format, check_weights=not args.skip_weight_check)
     return 0 if result is None else result
 
 

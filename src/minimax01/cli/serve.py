@@ -53,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "served_model_name": args.served_model_name, "quantize": args.quantize, "tp": args.tp, "ep": args.ep,
         "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
         "max_body_bytes": args.max_body_bytes, "load_format": args.load_format,
+        "check_weights": not args.skip_weight_check,
     }
     # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).
     serve(**{k: v for k, v in options.items() if v is not None})

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minimax01.chat.tool_calls import Event, StreamingToolCallParser, ToolCall
-from minimax01.server.runner import EngineFailure
+from minimax01.server.runner import STEP_FAILED, EngineFailure
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Choice:
 
     def update(self, out: Any) -> list[Event]:
         if out.finish_reason == "error":
-            raise EngineFailure("the engine failed while generating this request")
+            raise EngineFailure(out.error or STEP_FAILED)
         self.token_ids.extend(out.new_token_ids)
         if out.logprobs is not None:
             self.logprobs.extend(out.logprobs)

@@ -31,6 +31,11 @@ from minimax01.server.metrics import ServerMetrics
 log = logging.getLogger("minimax01.server")
 
 
+# What a client is told when a step fails: the exception text (a device error, a dead tensor-parallel rank's
+# socket error with source paths) is for the operator, in the log next to the traceback.
+STEP_FAILED = "the engine failed while running this request (the server log has the details)"
+
+
 class EngineFailure(MiniMaxError, RuntimeError):
     """The engine raised while stepping; the requests in flight are failed, the server keeps serving."""
 
@@ -180,7 +185,7 @@ class AsyncEngine:
                 self._iteration()
             except Exception as e:  # a bad step must not take the server down: fail what is in flight
                 log.exception("engine step failed; failing %d request(s)", len(self._streams))
-                self._fail_all(EngineFailure(f"engine step failed: {type(e).__name__}: {e}"))
+                self._fail_all(EngineFailure(STEP_FAILED))
 
     def _iteration(self) -> None:
         self._wake.clear()  # before draining: a command sent after the drain sets it again

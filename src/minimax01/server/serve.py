@@ -79,7 +79,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
           dtype: torch.dtype | str | None = None, device: str = "cpu", served_model_name: str | None = None,
           quantize: str | None = None, tp: int = 1, ep: int = 1, kv_block_size: int = 64,
           kv_cache_memory: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          log_level: str = "info", load_format: str = "auto") -> None:
+          log_level: str = "info", load_format: str = "auto", check_weights: bool = True) -> None:
     """Serves a checkpoint directory (default: the built-in tiny model) on http://host:port/v1.
 
     Binds 127.0.0.1 unless told otherwise; `api_key` makes /v1/* require `Authorization: Bearer <key>`.
@@ -88,7 +88,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     shard the model over several processes (parallel/world.py): this process serves as rank 0 and starts the
     others itself (one per GPU of `device`, or gloo processes on the CPU); under torchrun, rank 0 serves and
     the other ranks follow its steps. `load_format="dummy"`: random weights, only config.json is read
-    (benchmarks).
+    (benchmarks). `check_weights=False` skips the NaN / inf check of every weight while loading.
     """
     check_address(host, port)
     model_dir = checkpoint_dir(model)
@@ -105,4 +105,4 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
         run_server(server, host, port, log_level)
 
     run_with_model(model_dir, run, dtype=dtype, device=device, quantize=quantize, tp=tp, ep=ep,
-                   load_format=load_format)
+                   load_format=load_format, check_weights=check_weights)
