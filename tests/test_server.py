@@ -89,6 +89,7 @@ def install_script(model: Any, tokenizer: Any) -> None:
 def server_main(argv: list[str]) -> None:
     from minimax01.loading import load_for_serving
     from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES
+    from minimax01.server.http_server import HttpLimits
     from minimax01.server.serve import build_server, run_server
 
     ap = argparse.ArgumentParser()
@@ -96,12 +97,14 @@ def server_main(argv: list[str]) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--api-key")
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    ap.add_argument("--shutdown-timeout", type=float, default=HttpLimits.shutdown_timeout)
     args = ap.parse_args(argv)
     model, tokenizer, stop_ids = load_for_serving(args.model, "fp32", "cpu")
     install_script(model, tokenizer)
     server = build_server(model, tokenizer, MODEL, api_key=args.api_key, max_num_seqs=MAX_NUM_SEQS,
                           max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=256, kv_block_size=16,
-                          stop_token_ids=stop_ids, max_body_bytes=args.max_body_bytes)
+                          stop_token_ids=stop_ids, max_body_bytes=args.max_body_bytes,
+                          limits=HttpLimits(shutdown_timeout=args.shutdown_timeout))
     run_server(server, "127.0.0.1", args.port, log_level="warning")
 
 

@@ -5,11 +5,28 @@ from __future__ import annotations
 import argparse
 
 from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes
+from minimax01.server.http_server import HttpLimits
 
 
 def port_number(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return int(value)
+
+
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
+    return number
+
+
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer >= 1")
     return int(value)
 
 
@@ -39,6 +56,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-block-size", type=int, metavar="N", help="tokens per KV-cache page (default 64)")
     p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
                    help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
+    defaults = HttpLimits()
+    p.add_argument("--read-timeout", type=seconds, default=defaults.read_timeout, metavar="SECONDS",
+                   help="a request's head, and then its body, must arrive within this time, else the connection "
+                        "is closed (408 when part of it came) (default %(default)g)")
+    p.add_argument("--timeout-keep-alive", type=seconds, default=defaults.keep_alive_timeout, metavar="SECONDS",
+                   help="close a kept-alive connection idle for this long between requests (default %(default)g)")
+    p.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
+                   help="most open connections; one more is answered 503 and closed (default %(default)s)")
+    p.add_argument("--shutdown-timeout", type=seconds, default=defaults.shutdown_timeout, metavar="SECONDS",
+                   help="on SIGTERM / Ctrl-C stop accepting, let requests in flight run this long, then end them "
+                        "with an error (streams: an error event) and exit 0 (default %(default)g)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -54,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
         "max_body_bytes": args.max_body_bytes, "load_format": args.load_format,
         "check_weights": not args.skip_weight_check,
+        "limits": HttpLimits(args.read_timeout, args.timeout_keep_alive, args.max_connections, args.shutdown_timeout),
     }
     # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).
     serve(**{k: v for k, v in options.items() if v is not None})

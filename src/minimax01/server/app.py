@@ -16,7 +16,7 @@ from minimax01.chat.tool_parsers import DEFAULT_MODEL_FAMILY, tool_parser_for
 from minimax01.errors import RequestError
 from minimax01.server.api_error import APIError, request_error
 from minimax01.server.context import ServerContext
-from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES, RequestGuard
+from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, RequestGuard
 from minimax01.server.routes import add_routes
 from minimax01.server.runner import AsyncEngine, EngineFailure
 from minimax01.tokenizer import MiniMaxTokenizer
@@ -43,12 +43,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tokenizer: MiniMaxTokenizer | None = None,
-               model_family: str = DEFAULT_MODEL_FAMILY) -> FastAPI:
+               model_family: str = DEFAULT_MODEL_FAMILY, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> FastAPI:
     """The ASGI app serving `engine_runner` under the model id `model_name`.
 
     `tokenizer` defaults to the engine's own. With `api_key`, /v1/* requires `Authorization: Bearer <key>`
     (/health and /metrics stay open for probes and scrapers). `model_family` picks the tool-call parser
-    (chat.tool_parsers).
+    (chat.tool_parsers). A request body must arrive within `read_timeout` seconds (else 408).
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty (the empty bearer token would pass)")
@@ -60,7 +60,7 @@ def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None 
                         tool_parser_for(model_family))
     metrics = engine_runner.metrics
     app = FastAPI(title="minimax01", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
                        count=lambda ep, status: metrics.requests.inc(endpoint=ep, status=str(status)))
     _add_error_handlers(app)
     add_routes(app, ctx)

@@ -145,6 +145,11 @@ class AsyncEngine:
         """The snapshot taken after the engine's last step or command (never blocks on the engine)."""
         return self._stats
 
+    def fail_all(self, message: str) -> None:
+        """Ends every request in flight with EngineFailure(message) (streams: an error event, then [DONE]),
+        on the engine thread between two steps. Thread-safe; used at the shutdown deadline."""
+        self._send("fail", message)
+
     def close(self, timeout: float = 5.0) -> None:
         """Stops the engine thread after its current step."""
         self._closed = True
@@ -219,6 +224,8 @@ class AsyncEngine:
                     continue
                 self._streams[sub.request_id] = _Stream(queue, loop, index, len(sub.prompt_ids), time.monotonic())
                 fut.set_result(None)
+            elif command[0] == "fail":
+                self._fail_all(EngineFailure(command[1]))
             else:  # abort
                 request_id = command[1]
                 stream = self._streams.pop(request_id, None)
