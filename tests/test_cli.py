@@ -130,6 +130,7 @@ def test_default_model_is_created_once_in_the_cache(tmp_path: Path, env: dict[st
     r = run(own_env, "generate", "--prompt", "Hi", *GREEDY)
     assert r.returncode == 0, r.stderr
     assert "creating the built-in tiny model" in r.stderr
+    assert "[the built-in tiny model has random weights: its text is random tokens" in r.stderr
     model_dir = tmp_path / DEFAULT_MODEL_NAME
     assert (model_dir / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [DEFAULT_MODEL_NAME]  # no temp dir left behind
@@ -293,6 +294,21 @@ def test_serve_help_says_which_routes_need_the_key() -> None:
     assert "on /v1/* requests (/health and /metrics stay open" in help_text
 
 
+@pytest.mark.parametrize(("cores", "load", "omp", "expected"), [
+    (8, 5.2, None, 3), (2, 0.1, None, 2), (2, 7.0, None, 1), (4, 0.0, "1", None)])
+def test_thread_count_follows_the_free_cores(monkeypatch: pytest.MonkeyPatch, cores: int, load: float,
+                                             omp: str | None, expected: int | None) -> None:
+    from minimax01.cli.args import free_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert free_cores() == expected
+
+
 def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_tokens("4M") == 4 * 2**20 and parse_tokens("128k") == 128 * 2**10
     assert parse_tokens("1000000") == 1_000_000
@@ -355,3 +371,10 @@ def test_every_flag_is_documented() -> None:
         assert sub.description, name
         for action in sub._actions:
             assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.option_strings or action.dest}"
+
+
+def test_serve_help_shows_every_default() -> None:
+    serve = _subparsers(cli.build_parser())["serve"]
+    for action in serve._actions:
+        if action.option_strings and action.nargs != 0:  # flags that take a value
+            assert "default" in serve._get_formatter()._expand_help(action), action.option_strings

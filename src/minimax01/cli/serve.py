@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes
+from minimax01.cli.args import add_model_flags, device_arg, model_dir_arg, parse_bytes, use_free_cores
 from minimax01.server.http_server import HttpLimits
 
 
@@ -46,10 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", type=api_key, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* requests (/health and /metrics stay open "
                         "for probes and scrapers); default: no key")
-    p.add_argument("--served-model-name", metavar="NAME", help="model name reported by the API (default: DIR name)")
-    p.add_argument("--max-num-seqs", type=int, metavar="N", help="most sequences decoded together")
-    p.add_argument("--max-model-len", type=int, metavar="N", help="longest prompt + completion, in tokens")
-    p.add_argument("--max-num-batched-tokens", type=int, metavar="N", help="token budget of one engine step")
+    p.add_argument("--served-model-name", metavar="NAME", help="model name reported by the API (default: the DIR name)")
+    p.add_argument("--max-num-seqs", type=int, metavar="N", help="most sequences decoded together (default 16)")
+    p.add_argument("--max-model-len", type=int, metavar="N",
+                   help="longest prompt + completion, in tokens (default: the KV budget's, at most 32768)")
+    p.add_argument("--max-num-batched-tokens", type=int, metavar="N",
+                   help="token budget of one engine step (default 512)")
     p.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES",
                    help="memory budget of the softmax-layer KV cache, e.g. 8G or 512M (default: enough for "
                         "--max-num-seqs sequences of --max-model-len tokens)")
@@ -74,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from minimax01.server.serve import serve
 
     device = device_arg(args.device)
+    use_free_cores(device)
     options = {
         "model": str(model_dir_arg(args.model)), "host": args.host, "port": args.port, "api_key": args.api_key,
         "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
