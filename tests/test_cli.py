@@ -130,6 +130,7 @@ def test_default_model_is_created_once_in_the_cache(tmp_path: Path, env: dict[st
     r = run(own_env, "generate", "--prompt", "Hi", *GREEDY)
     assert r.returncode == 0, r.stderr
     assert "creating the built-in tiny model" in r.stderr
+    assert "[the built-in tiny model has random weights: its text is random tokens" in r.stderr
     model_dir = tmp_path / DEFAULT_MODEL_NAME
     assert (model_dir / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [DEFAULT_MODEL_NAME]  # no temp dir left behind
@@ -268,6 +269,65 @@ def test_serve_passes_its_flags_to_the_server(tiny_dir: Path, env: dict[str, str
         proc.communicate(timeout=30)
 
 
+def test_non_finite_weight_is_one_line_exit_2(tiny_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    poisoned, key = tmp_path / "poisoned", "model.norm.weight"
+    shutil.copytree(tiny_dir, poisoned)
+    shard = poisoned / json.loads((poisoned / "model.safetensors.index.json").read_text())["weight_map"][key]
+    state = load_file(shard)
+    state[key][0] = float("nan")
+    save_file(state, str(shard), metadata={"format": "pt"})
+    argv = ["generate", "--model", str(poisoned), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"minimax01 generate: error: {shard}: tensor '{key}' holds 1 non-finite value(s) (NaN or inf); "
+                   f"the checkpoint is corrupt (--skip-weight-check loads it anyway)")
+    # Skipped: it loads, and the engine's per-request guard ends the request with an error, not garbage text.
+    assert cli.main([*argv, "--skip-weight-check"]) == 0
+    assert "[finish_reason=error, 0 tokens" in capsys.readouterr().err
+
+
+def test_serve_checks_the_address_before_loading(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import minimax01.server.serve as serve_module
+
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the address was checked")
+
+    monkeypatch.setattr(serve_module, "run_with_model", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--model", str(tiny_dir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"minimax01 serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n", err
+
+
+def test_serve_help_says_which_routes_need_the_key() -> None:
+    help_text = " ".join(_subparsers(cli.build_parser())["serve"].format_help().split())
+    assert "on /v1/* requests (/health and /metrics stay open" in help_text
+
+
+@pytest.mark.parametrize(("cores", "load", "omp", "expected"), [
+    (8, 5.2, None, 3), (2, 0.1, None, 2), (2, 7.0, None, 1), (4, 0.0, "1", None)])
+def test_thread_count_follows_the_free_cores(monkeypatch: pytest.MonkeyPatch, cores: int, load: float,
+                                             omp: str | None, expected: int | None) -> None:
+    from minimax01.cli.args import free_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert free_cores() == expected
+
+
 def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse_tokens("4M") == 4 * 2**20 and parse_tokens("128k") == 128 * 2**10
     assert parse_tokens("1000000") == 1_000_000
@@ -292,6 +352,12 @@ def test_plan_parses_context_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     (["plan", "--gpus", "6", "--tp", "4"], "tp=4 must divide the number of processes (6)"),
     (["init-tiny", "/no/such/dir", "--layers", "0"], "layers must be >= 1, got 0"),
     (["info", "/no/such/dir"], "/no/such/dir: config file not found"),
+    (["generate", "--prompt", "x", "--model", __file__], f"--model {__file__}: is a file; pass the checkpoint "
+                                                         f"directory that holds it (--model {Path(__file__).parent})"),
+    (["generate", "--prompt", "x", "--model", str(Path(__file__).parent)], "not a checkpoint directory (no config"),
+    (["generate", "--prompt", ""], "--prompt: the prompt is empty"),
+    (["serve", "--api-key", ""], "argument --api-key: the key must not be empty"),
+    (["serve", "--port", "99999"], "argument --port: '99999' is not a port number (1-65535)"),
 ])
 def test_bad_input_is_one_line_exit_2(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     try:
@@ -324,3 +390,10 @@ def test_every_flag_is_documented() -> None:
         assert sub.description, name
         for action in sub._actions:
             assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.option_strings or action.dest}"
+
+
+def test_serve_help_shows_every_default() -> None:
+    serve = _subparsers(cli.build_parser())["serve"]
+    for action in serve._actions:
+        if action.option_strings and action.nargs != 0:  # flags that take a value
+            assert "default" in serve._get_formatter()._expand_help(action), action.option_strings

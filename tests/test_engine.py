@@ -8,6 +8,7 @@ by rounding (~1e-6), far below the gap between the best two logits of a random m
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import pytest
@@ -272,6 +273,30 @@ def test_model_error_fails_only_the_step_requests(model: MiniMaxForCausalLM, mon
     assert eng.stats().used_kv_blocks == 0 and eng.stats().free_slots == eng.max_num_seqs
     rc = eng.add_request(prompt(5, 40), greedy(4))  # the engine still works
     assert tokens(run(eng)[rc]) == alone(model, prompt(5, 40), greedy(4))
+
+
+def test_non_finite_logits_fail_only_that_request(model: MiniMaxForCausalLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = engine(model)
+    good, bad = prompt(5, 40), prompt(6, 42)
+    rg = eng.add_request(good, greedy(4, logprobs=2))
+    rb = eng.add_request(bad, greedy(4, logprobs=2))
+    real_step = model.step
+
+    def poisoned(tokens, batch, store, logits_index=None):  # noqa: ANN001, ANN202
+        logits = real_step(tokens, batch, store, logits_index)
+        slot = eng._requests[rb].slot if rb in eng._requests else None
+        if slot in batch.slots:  # both prompts are prefilled in one step: every chunk samples, row i = chunk i
+            logits[batch.slots.index(slot)] = float("nan")
+        return logits
+
+    monkeypatch.setattr(model, "step", poisoned)
+    outs = run(eng)
+    (last_bad,) = [o for o in outs[rb] if o.finished]
+    assert last_bad.finish_reason == "error" and "non-finite" in last_bad.error and not tokens(outs[rb])
+    monkeypatch.undo()
+    assert tokens(outs[rg]) == alone(model, good, greedy(4))  # the other request of the batch is untouched
+    assert all(o.logprobs is None or all(map(math.isfinite, o.logprobs)) for o in outs[rg])
+    assert eng.stats().used_kv_blocks == 0 and eng.stats().free_slots == eng.max_num_seqs
 
 
 def test_kv_pool_sizing(model: MiniMaxForCausalLM) -> None:

@@ -89,6 +89,7 @@ def install_script(model: Any, tokenizer: Any) -> None:
 def server_main(argv: list[str]) -> None:
     from minimax01.loading import load_for_serving
     from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES
+    from minimax01.server.http_server import HttpLimits
     from minimax01.server.serve import build_server, run_server
 
     ap = argparse.ArgumentParser()
@@ -96,12 +97,14 @@ def server_main(argv: list[str]) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--api-key")
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    ap.add_argument("--shutdown-timeout", type=float, default=HttpLimits.shutdown_timeout)
     args = ap.parse_args(argv)
     model, tokenizer, stop_ids = load_for_serving(args.model, "fp32", "cpu")
     install_script(model, tokenizer)
     server = build_server(model, tokenizer, MODEL, api_key=args.api_key, max_num_seqs=MAX_NUM_SEQS,
                           max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=256, kv_block_size=16,
-                          stop_token_ids=stop_ids, max_body_bytes=args.max_body_bytes)
+                          stop_token_ids=stop_ids, max_body_bytes=args.max_body_bytes,
+                          limits=HttpLimits(shutdown_timeout=args.shutdown_timeout))
     run_server(server, "127.0.0.1", args.port, log_level="warning")
 
 
@@ -399,13 +402,16 @@ def test_disconnect_frees_the_slot(server: str) -> None:
 def test_engine_failure_is_500_and_server_recovers(server: str, client: Any) -> None:
     from openai import InternalServerError
 
-    with pytest.raises(InternalServerError, match="injected model failure"):
+    from minimax01.server.runner import STEP_FAILED
+
+    with pytest.raises(InternalServerError) as failed:
         client.chat.completions.create(model=MODEL, messages=user(CRASH), max_tokens=4)
+    assert failed.value.body["message"] == STEP_FAILED  # the exception's own text stays in the server log
     resp = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={
         "model": MODEL, "messages": user(CRASH), "max_tokens": 4, "stream": True})
     assert resp.status_code == 200  # the failure happens after the headers: an error event, then [DONE]
     events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
-    assert "injected model failure" in json.loads(events[-2])["error"]["message"] and events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["message"] == STEP_FAILED and events[-1] == "[DONE]"
     wait_idle(server)
     r = client.chat.completions.create(model=MODEL, messages=user("still there?"), max_tokens=3)
     assert r.usage.completion_tokens >= 1

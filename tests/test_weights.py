@@ -260,3 +260,29 @@ def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a directory"):
         load(tmp_path / "nowhere")
 
+
+
+# ------------------------------------------------------------------ non-finite weights
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weight_is_refused(single: Path, bad: float, capsys: pytest.CaptureFixture[str]) -> None:
+    key = "model.layers.3.block_sparse_moe.experts.1.w2.weight"
+
+    def poison(state: dict[str, torch.Tensor]) -> None:
+        state[key] = state[key].to(torch.bfloat16)
+        state[key][2, 3] = bad
+
+    rewrite_single(single, poison)
+    for quantize in (None, "int8"):  # also when the float tensor is quantized while loading
+        with pytest.raises(CheckpointError, match=rf"{SINGLE_FILE}: tensor '{key}' holds 1 non-finite value"):
+            MiniMaxForCausalLM.from_pretrained(single, dtype=torch.float32, progress=False, quantize=quantize)
+    unchecked = MiniMaxForCausalLM.from_pretrained(single, dtype=torch.float32, progress=True, check_weights=False)
+    assert unchecked.load_stats.check_seconds is None
+    assert "NaN/inf" not in capsys.readouterr().err  # skipped: no cost line
+
+
+def test_weight_check_cost_is_reported(single: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = MiniMaxForCausalLM.from_pretrained(single, dtype=torch.float32, progress=True)
+    assert model.load_stats.check_seconds is not None and model.load_stats.check_seconds >= 0
+    err = capsys.readouterr().err
+    assert f"weights checked for NaN/inf in {model.load_stats.check_seconds:.2f} s" in err
+    assert f"({model.load_stats.tensors_read} tensors)" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class LoadStats:
     tensors_read: int = 0
     bytes_read: int = 0  # in the checkpoint's dtype
     keys: list[str] = field(default_factory=list)  # checkpoint keys read, in order
+    check_seconds: float | None = None  # time spent on the non-finite check (None: skipped)
 
 
 def shard_files(directory: Path) -> dict[Path, list[str] | None]:
@@ -77,12 +79,14 @@ def shard_files(directory: Path) -> dict[Path, list[str] | None]:
 
 
 def read_checkpoint(directory: Path, targets: Mapping[str, Read], known: Collection[str], required: set[str],
-                    progress: bool = True) -> LoadStats:
+                    progress: bool = True, check_finite: bool = True) -> LoadStats:
     """Copies every checkpoint tensor named in `targets` into its destination. `known`: every name the
     checkpoint may hold (a sharded loader's targets are only its own); `required`: the original names that must
-    be filled. Raises CheckpointError for any problem (see the module docstring)."""
+    be filled. `check_finite`: every float tensor is checked for NaN / inf where it was loaded to (one NaN makes
+    every completion garbage, silently); with `progress`, its cost goes to stderr. Raises CheckpointError for any
+    problem (see the module docstring)."""
     files = shard_files(directory)
-    stats = LoadStats()
+    stats = LoadStats(check_seconds=0.0 if check_finite else None)
     filled: dict[str, Path] = {}  # original name -> the file it was read from
     unexpected: list[str] = []
 
@@ -111,7 +115,20 @@ def read_checkpoint(directory: Path, targets: Mapping[str, Read], known: Collect
                 if key in targets:
                     _read_into(f, path, key, targets[key], filled, stats)
     _check_complete(directory, unexpected, required, filled)
+    if progress and stats.check_seconds is not None:
+        print(f"[weights checked for NaN/inf in {stats.check_seconds:.2f} s ({stats.tensors_read} tensors); "
+              f"--skip-weight-check skips this]", file=sys.stderr)
     return stats
+
+
+def _check_finite(tensor: torch.Tensor, path: Path, key: str, stats: LoadStats) -> None:
+    """CheckpointError if `tensor` (on the device it is loaded to) holds a NaN or inf; times the check."""
+    start = time.perf_counter()
+    bad = int((~torch.isfinite(tensor)).sum())  # the int() waits for the device: the time is the real cost
+    stats.check_seconds = (stats.check_seconds or 0.0) + time.perf_counter() - start
+    if bad:
+        raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); the "
+                              f"checkpoint is corrupt (--skip-weight-check loads it anyway)")
 
 
 def _read_into(f: Any, path: Path, key: str, target: Read, filled: dict[str, Path], stats: LoadStats) -> None:
@@ -140,11 +157,16 @@ def _read_into(f: Any, path: Path, key: str, target: Read, filled: dict[str, Pat
     tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=target.cat_dim)
     with torch.no_grad():
         if quantize:  # on the target device: one tensor's fp32 work chunk at a time
-            q, scale = quantize_weight(tensor.to(target.dest.device))
+            tensor = tensor.to(target.dest.device)
+            if stats.check_seconds is not None:
+                _check_finite(tensor, path, key, stats)
+            q, scale = quantize_weight(tensor)
             target.dest.copy_(q)
             target.scale.dest.copy_(scale)
         else:
             target.dest.copy_(tensor)
+            if stats.check_seconds is not None and target.dest.is_floating_point():
+                _check_finite(target.dest, path, key, stats)
     stats.tensors_read += 1
     stats.bytes_read += sum(p.numel() * p.element_size() for p in parts)
     stats.keys.append(key)

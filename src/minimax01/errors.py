@@ -15,3 +15,12 @@ class CheckpointError(MiniMaxError, ValueError):
 
 class RequestError(MiniMaxError, ValueError):
     """A generation / API request is invalid; the message names the field."""
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut to about `limit` characters: error messages name what was sent without echoing a
+    999-element list or a 4000-digit number back to the client (or into the log)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value).bit_length() > 4 * limit:
+        return f"an integer of more than {limit} digits"  # repr() of a huge int is slow or refused outright
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -118,19 +118,21 @@ def load_tokenizer_and_stops(model_dir: Path) -> tuple[MiniMaxTokenizer, list[in
 
 
 def load_for_serving(model: str | Path | None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-                     quantize: str | None = None, load_format: str = "auto") -> Loaded:
+                     quantize: str | None = None, load_format: str = "auto", check_weights: bool = True) -> Loaded:
     """The checkpoint `model` (None: the built-in tiny one) loaded in this process; `dtype` as parse_dtype;
-    `load_format="dummy"` draws random weights instead of reading them (weights.load_pretrained)."""
+    `load_format="dummy"` draws random weights instead of reading them; `check_weights=False` skips the NaN / inf
+    check (weights.load_pretrained)."""
     model_dir = checkpoint_dir(model)
     tokenizer, stop_ids = load_tokenizer_and_stops(model_dir)  # before the (slow) weights: fails fast
     net = MiniMaxForCausalLM.from_pretrained(model_dir, dtype=parse_dtype(dtype, device), device=device,
-                                             quantize=quantize, load_format=load_format)
+                                             quantize=quantize, load_format=load_format,
+                                             check_weights=check_weights)
     return Loaded(net, tokenizer, stop_ids)
 
 
 def run_with_model(model: str | Path | None, body: Callable[[Loaded], T], *, dtype: torch.dtype | str | None = None,
                    device: str = "cpu", quantize: str | None = None, tp: int = 1, ep: int = 1,
-                   load_format: str = "auto") -> T | None:
+                   load_format: str = "auto", check_weights: bool = True) -> T | None:
     """`body(loaded)` over the checkpoint `model` (None: the built-in tiny one).
 
     With tp (attention heads split tp ways) or ep (experts split into ep groups) > 1, or under torchrun, the
@@ -138,9 +140,9 @@ def run_with_model(model: str | Path | None, body: Callable[[Loaded], T], *, dty
     while the other ranks mirror its steps, and a follower rank returns None.
     """
     if tp == 1 and ep == 1 and not launched_by_torchrun():
-        return body(load_for_serving(model, dtype, device, quantize, load_format))
+        return body(load_for_serving(model, dtype, device, quantize, load_format, check_weights))
     model_dir = checkpoint_dir(model)
     tokenizer, stop_ids = load_tokenizer_and_stops(model_dir)  # before any process starts: fails fast
     spec = WorldSpec(str(model_dir), tp, ep, parse_dtype(dtype, device), torch.device(device).type, quantize,
-                     load_format)
+                     load_format, check_weights)
     return run_sharded(spec, lambda net: body(Loaded(net, tokenizer, stop_ids)))

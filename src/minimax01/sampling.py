@@ -28,7 +28,7 @@ from numbers import Integral, Real
 
 import torch
 
-from minimax01.errors import RequestError
+from minimax01.errors import RequestError, brief
 
 __all__ = [
     "MAX_TOP_LOGPROBS",
@@ -113,7 +113,7 @@ class SamplingParams:
             )
             if not ok:
                 bracket = "(" if lo_open else "["
-                raise RequestError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {value!r}")
+                raise RequestError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {brief(value)}")
 
         real_in("temperature", self.temperature, 0.0, 2.0)
         real_in("top_p", self.top_p, 0.0, 1.0, lo_open=True)
@@ -122,38 +122,39 @@ class SamplingParams:
         real_in("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         rp = self.repetition_penalty
         if not (_is_real(rp) and math.isfinite(rp) and rp > 0):
-            raise RequestError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
+            raise RequestError(f"repetition_penalty must be a finite number > 0, got {brief(rp)}")
         if not (_is_int(self.top_k) and self.top_k >= -1):
             raise RequestError(
-                f"top_k must be an integer >= -1 (0 or -1 disables it), got {self.top_k!r}"
+                f"top_k must be an integer >= -1 (0 or -1 disables it), got {brief(self.top_k)}"
             )
         if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
             raise RequestError(
-                f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}"
+                f"max_new_tokens must be an integer >= 1, got {brief(self.max_new_tokens)}"
             )
         if self.seed is not None and not (_is_int(self.seed) and _SEED_MIN <= self.seed <= _SEED_MAX):
             raise RequestError(
-                f"seed must be null or an integer in [{_SEED_MIN}, {_SEED_MAX}], got {self.seed!r}"
+                f"seed must be null or an integer in [{_SEED_MIN}, {_SEED_MAX}], got {brief(self.seed)}"
             )
         if self.logprobs is not None and not (
             _is_int(self.logprobs) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS
         ):
             raise RequestError(
-                f"logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}"
+                f"logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got {brief(self.logprobs)}"
             )
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
             _is_int(t) and t >= 0 for t in self.stop_token_ids
         ):
             raise RequestError(
-                f"stop_token_ids must be a list of non-negative integers, got {self.stop_token_ids!r}"
+                f"stop_token_ids must be a list of non-negative integers, got {brief(self.stop_token_ids)}"
             )
         # An empty stop string would match at position 0 and end every request at once.
-        if not isinstance(self.stop, (list, tuple)) or not all(
-            isinstance(s, str) and s for s in self.stop
-        ):
-            raise RequestError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        if not isinstance(self.stop, (list, tuple)):
+            raise RequestError(f"stop must be a list of non-empty strings, got {brief(self.stop)}")
+        for i, stop in enumerate(self.stop):
+            if not (isinstance(stop, str) and stop):
+                raise RequestError(f"stop[{i}] must be a non-empty string, got {brief(stop)}")
         if not isinstance(self.ignore_eos, bool):
-            raise RequestError(f"ignore_eos must be a boolean, got {self.ignore_eos!r}")
+            raise RequestError(f"ignore_eos must be a boolean, got {brief(self.ignore_eos)}")
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:

@@ -60,11 +60,13 @@ def build_empty(config: MiniMaxConfig, dtype: torch.dtype, device: str | torch.d
 
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                     progress: bool = True, quantize: str | None = None,
-                    model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto") -> MiniMaxLM:
+                    model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto",
+                    check_weights: bool = True) -> MiniMaxLM:
     """Loads a Hugging Face checkpoint directory into a new `model_cls` (the network, or a subclass such as the
-    public `MiniMaxForCausalLM`), checking names, shapes and dtypes. `load_format="dummy"` reads only
-    config.json and draws random weights (`dummy_weights_`): for benchmarks at real dimensions without a
-    checkpoint of hundreds of GB on disk."""
+    public `MiniMaxForCausalLM`), checking names, shapes, dtypes and (unless not `check_weights`) that every
+    value is finite; `model.load_stats` says what was read. `load_format="dummy"` reads only config.json and
+    draws random weights (`dummy_weights_`): for benchmarks at real dimensions without a checkpoint of hundreds
+    of GB on disk."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
@@ -78,7 +80,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.bfloat16, devic
     # An int8 checkpoint is built int8; a float one with quantize="int8" is quantized tensor by tensor on load.
     model = build_empty(config, dtype, device, quantize or checkpoint_quantization(config), model_cls)
     targets, required = checkpoint_targets(model)
-    read_checkpoint(directory, targets, targets.keys(), required, progress)
+    model.load_stats = read_checkpoint(directory, targets, targets.keys(), required, progress, check_weights)
     return model
 
 

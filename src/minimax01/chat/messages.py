@@ -55,7 +55,7 @@ def _check_name(name: Any, where: str) -> str:
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep to read is treated like any text that is not JSON
         return False
     return True
 
@@ -72,6 +72,8 @@ def _call_arguments(arguments: Any, where: str) -> str:
         value = json.loads(arguments)
     except ValueError:
         raise RequestError(f"{where} is not valid JSON: {arguments[:80]!r}") from None
+    except RecursionError:
+        raise RequestError(f"{where} is nested too deeply to read") from None
     if not isinstance(value, dict):
         raise RequestError(f"{where} must be a JSON object, got {type(value).__name__}")
     return arguments

@@ -4,6 +4,7 @@ flags (--model/--dtype/--device/--quantize/--tp/--ep/--load-format) and the samp
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from typing import Any, NoReturn
@@ -47,7 +48,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="weight/activation dtype; default bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", help="cpu, cuda or cuda:N; default cuda when available, else cpu")
     p.add_argument("--quantize", choices=QUANTIZE,
-                   help="weight-only quantization applied after loading (int8: per-channel weights)")
+                   help="weight-only quantization while loading, tensor by tensor (int8: per-channel weights; "
+                        "default: none)")
     p.add_argument("--tp", type=int, default=1, metavar="N",
                    help="tensor parallelism: attention heads split N ways. With --tp or --ep > 1 the command starts "
                         "lcm(tp, ep) processes itself (one per GPU, rank r on cuda:r; gloo processes with --device "
@@ -59,6 +61,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: read the checkpoint's weights; dummy: read only its config.json and draw random "
                         "weights on the device (benchmarks at real dimensions without the weights on disk) "
                         "(default %(default)s)")
+    p.add_argument("--skip-weight-check", action="store_true",
+                   help="do not check every weight for NaN / inf while loading (the check's cost is printed "
+                        "with the load time; a corrupt weight otherwise turns every completion into garbage)")
 
 
 def model_dir_arg(value: str | None) -> Path:
@@ -68,9 +73,35 @@ def model_dir_arg(value: str | None) -> Path:
 
         return ensure_default_model()
     path = Path(value)
+    if path.is_file():
+        raise RequestError(f"--model {value}: is a file; pass the checkpoint directory that holds it "
+                           f"(--model {path.parent})")
     if not path.is_dir():
         raise RequestError(f"--model {value}: no such checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise RequestError(f"--model {value}: not a checkpoint directory (no config.json in it)")
     return path
+
+
+def free_cores() -> int | None:
+    """Intra-op threads for a CPU run when OMP_NUM_THREADS does not say: the cores this process may use minus
+    the busy ones (1-minute load average), at least 1; None when OMP_NUM_THREADS is set. torch's default, one
+    thread per core, makes every op wait for the slowest thread: on a shared 2-core machine the tiny model fell
+    from 18 to 0.8 tokens/s."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def use_free_cores(device: str) -> None:
+    """Sets torch's thread count to `free_cores()` for a CPU run (a no-op on GPU or with OMP_NUM_THREADS)."""
+    threads = free_cores() if device == "cpu" else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def device_arg(value: str | None) -> str:
@@ -92,12 +123,14 @@ def add_chat_format_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("chat format (default: detected from the checkpoint)")
     g.add_argument("--chat-template", metavar="FILE",
-                   help="Jinja chat template to use instead of the checkpoint's (tokenizer_config.json "
+                   help="Jinja chat template to use instead of the checkpoint's (default: tokenizer_config.json "
                         "chat_template or chat_template.jinja; the built-in Text-01 one when it has none)")
     g.add_argument("--tool-call-parser", choices=tuple(TOOL_CALL_PARSERS),
-                   help="tool-call output format: minimax-text-01 <function_call>, minimax-m1 <tool_calls>")
+                   help="tool-call output format: minimax-text-01 <function_call>, minimax-m1 <tool_calls> "
+                        "(default: the checkpoint's model family)")
     g.add_argument("--reasoning-parser", choices=tuple(REASONING_PARSERS),
-                   help="minimax-m1: <think>...</think> text becomes reasoning_content; none: all is content")
+                   help="minimax-m1: <think>...</think> text becomes reasoning_content; none: all is content "
+                        "(default: the checkpoint's model family)")
 
 
 def chat_setup_arg(args: argparse.Namespace, model_dir: Path) -> Any:

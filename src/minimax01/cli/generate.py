@@ -34,14 +34,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt text; empty is refused here, before the model loads (the engine would refuse it after)."""
     if args.prompt is not None:
-        return args.prompt
-    if args.prompt_file == "-":
-        return sys.stdin.read()
-    try:
-        return Path(args.prompt_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RequestError(f"--prompt-file {args.prompt_file}: cannot read ({e.__class__.__name__}: {e})") from None
+        text, source = args.prompt, "--prompt"
+    elif args.prompt_file == "-":
+        text, source = sys.stdin.read(), "--prompt-file - (stdin)"
+    else:
+        try:
+            text, source = Path(args.prompt_file).read_text(encoding="utf-8"), f"--prompt-file {args.prompt_file}"
+        except (OSError, UnicodeDecodeError) as e:
+            raise RequestError(f"--prompt-file {args.prompt_file}: cannot read ({e.__class__.__name__}: {e})") \
+                from None
+    if not text and not args.chat:  # with --chat the template wraps even an empty message
+        raise RequestError(f"{source}: the prompt is empty")
+    return text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

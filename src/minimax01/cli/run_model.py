@@ -9,10 +9,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from minimax01.cli.args import device_arg, model_dir_arg
+from minimax01.cli.args import device_arg, model_dir_arg, use_free_cores
 
 if TYPE_CHECKING:
     from minimax01.loading import Loaded
+
+
+RANDOM_WEIGHTS_NOTE = ("[the built-in tiny model has random weights: its text is random tokens; pass --model DIR "
+                      "for a real checkpoint]")
 
 
 def with_model(args: argparse.Namespace, body: Callable[[Loaded], int]) -> int:
@@ -22,7 +26,10 @@ def with_model(args: argparse.Namespace, body: Callable[[Loaded], int]) -> int:
     from minimax01.loading import run_with_model
 
     device = device_arg(args.device)
+    use_free_cores(device)
     model = None if args.model is None else model_dir_arg(args.model)  # None: the built-in tiny checkpoint
+    if model is None:
+        print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
     start = time.perf_counter()
 
     def timed(loaded: Loaded) -> int:
@@ -30,7 +37,7 @@ def with_model(args: argparse.Namespace, body: Callable[[Loaded], int]) -> int:
         return body(loaded)
 
     result = run_with_model(model, timed, dtype=args.dtype, device=device, quantize=args.quantize, tp=args.tp,
-                            ep=args.ep, load_format=args.load_format)
+                            ep=args.ep, load_format=args.load_format, check_weights=not args.skip_weight_check)
     return 0 if result is None else result
 
 

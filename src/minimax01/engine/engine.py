@@ -46,6 +46,12 @@ class RequestOutput:
     logprobs: list[float] | None = None  # per new token (only when params.logprobs is not None)
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
     stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
+    error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
+
+
+# The per-request guard's message: NaN/inf logits come from corrupt weights or a numerical fault, not from the
+# request, and sampling from them would return garbage (NaN probabilities pick token 0 every time).
+NON_FINITE_LOGITS = "the model produced non-finite logits (NaN or inf) for this request"
 
 
 @dataclass(frozen=True)
@@ -268,13 +274,29 @@ class LLMEngine:
                     c.request.prompt_counted = True
                     self._totals["prompt"] += c.request.prompt_len
             if sampling:
-                reqs = [c.request for c in sampling]
+                logits, reqs = self._drop_non_finite(logits, [c.request for c in sampling], outputs)
+            if sampling and reqs:
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
                 tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
                 for i, req in enumerate(reqs):
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
+
+    def _drop_non_finite(self, logits: torch.Tensor, reqs: list[Request],
+                         outputs: list[RequestOutput]) -> tuple[torch.Tensor, list[Request]]:
+        """Fails (finish_reason "error") the requests whose logits row holds a NaN or inf; returns the rows and
+        requests left to sample. One device sync per step, next to the sampler's own."""
+        finite = torch.isfinite(logits).all(dim=1).tolist()
+        if all(finite):
+            return logits, reqs
+        for req, ok in zip(reqs, finite):
+            if not ok:
+                req.finish_reason = "error"
+                outputs.append(self._output(req, [], "", None, None, error=NON_FINITE_LOGITS))
+                self._finish(req)
+        keep = [i for i, ok in enumerate(finite) if ok]
+        return logits[keep], [reqs[i] for i in keep]
 
     def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         device = self.model.device
@@ -323,7 +345,7 @@ class LLMEngine:
         return output
 
     def _output(self, req: Request, tokens: list[int], text: str, logprobs: list[float] | None,
-                top: list[list[tuple[int, float]]] | None) -> RequestOutput:
+                top: list[list[tuple[int, float]]] | None, error: str | None = None) -> RequestOutput:
         return RequestOutput(
             request_id=req.request_id,
             new_token_ids=tokens,
@@ -335,6 +357,7 @@ class LLMEngine:
             logprobs=logprobs,
             top_logprobs=top,
             stop_reason=req.stop_reason,
+            error=error,
         )
 
     def _finish(self, req: Request) -> None:

@@ -50,10 +50,12 @@ def sharded_targets(model: MiniMaxLM, own: Ownership) -> tuple[dict[str, Read], 
 
 def load_sharded(model_dir: str | Path, groups: ParallelGroups, dtype: torch.dtype = torch.bfloat16,
                  device: str | torch.device = "cpu", progress: bool = True,
-                 model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto") -> MiniMaxLM:
+                 model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto",
+                 check_weights: bool = True) -> MiniMaxLM:
     """This rank's part of the checkpoint in `model_dir`, sharded for `groups`, on `device`, as a `model_cls`
     (the network, or the public facade for its 2-D call). `load_format="dummy"`: random weights on each rank
-    (weights.dummy_weights_, seeded by rank), nothing read but config.json."""
+    (weights.dummy_weights_, seeded by rank), nothing read but config.json. `check_weights`: refuse NaN / inf
+    (checkpoint_reader.read_checkpoint)."""
     directory = Path(model_dir)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory (expected a Hugging Face checkpoint folder)")
@@ -74,17 +76,19 @@ def load_sharded(model_dir: str | Path, groups: ParallelGroups, dtype: torch.dty
         model.load_stats = LoadStats()
         return dummy_weights_(model, seed=groups.layout.rank).eval()
     targets, required, known = sharded_targets(model, own)
-    model.load_stats = read_checkpoint(directory, targets, known, required, progress)
+    model.load_stats = read_checkpoint(directory, targets, known, required, progress, check_weights)
     return model.eval()
 
 
 def init_parallel_model(model_dir: str | Path, tp: int = 1, ep: int = 1, dtype: torch.dtype = torch.bfloat16,
                         device: str | torch.device | None = None,
-                        model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto") -> MiniMaxLM:
+                        model_cls: type[MiniMaxLM] = MiniMaxLM, load_format: str = "auto",
+                        check_weights: bool = True) -> MiniMaxLM:
     """What each rank calls: joins the torchrun process group (NCCL on CUDA, gloo on CPU), creates the groups
     for (tp, ep) and loads this rank's shard. Every rank must call it with the same arguments; afterwards every
     rank must run the same steps (same tokens, same BatchInfo) — the collectives pair them up."""
     init_distributed()
     groups = new_groups(tp, ep)
     return load_sharded(model_dir, groups, dtype, local_device() if device is None else device,
-                        progress=groups.layout.rank == 0, model_cls=model_cls, load_format=load_format)
+                        progress=groups.layout.rank == 0, model_cls=model_cls, load_format=load_format,
+                        check_weights=check_weights)

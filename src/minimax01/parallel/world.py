@@ -61,6 +61,7 @@ class WorldSpec:
     device: str = "cpu"  # "cpu" (gloo) or "cuda" (NCCL; rank r uses cuda:LOCAL_RANK)
     quantize: str | None = None  # applied to each rank's shard after loading (quant.quantize_)
     load_format: str = "auto"  # "dummy": random weights drawn on each rank, no tensor read (benchmarks)
+    check_weights: bool = True  # refuse NaN / inf weights while loading
 
     @property
     def world(self) -> int:
@@ -90,7 +91,8 @@ def join_world(spec: WorldSpec) -> tuple[StepModel, Channel]:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     model = init_parallel_model(spec.model_dir, spec.tp, spec.ep, spec.dtype,
-                                "cpu" if spec.device == "cpu" else None, load_format=spec.load_format)
+                                "cpu" if spec.device == "cpu" else None, load_format=spec.load_format,
+                                check_weights=spec.check_weights)
     if spec.quantize:
         from minimax01.quant import quantize_
 

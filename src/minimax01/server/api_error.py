@@ -15,15 +15,16 @@ class APIError(Exception):
     """An error answered as OpenAI's `{"error": {...}}` body."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.close = close  # answer with `Connection: close` (the connection cannot carry another request)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers={"Connection": "close"} if self.close else None)
 
 
 def _param_of(message: str) -> str | None:

@@ -2,7 +2,8 @@
 
 No model logic in the server: requests are validated (request_parsing), rendered to token ids (chat template +
 tokenizer), handed to the AsyncEngine, and its outputs are turned into OpenAI response objects or SSE chunks
-(openai_format, streaming). Every failure is answered as `{"error": {...}}` (api_error) with a 4xx/5xx status.
+(openai_format, streaming). Every failure is answered as `{"error": {...}}` (api_error) with a 4xx/5xx status:
+the expected ones by the handlers below, anything unexpected by middleware.RequestGuard.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from minimax01.errors import RequestError
 from minimax01.loading import ChatSetup, default_chat_setup
 from minimax01.server.api_error import APIError, request_error
 from minimax01.server.context import ServerContext
-from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES, RequestGuard
+from minimax01.server.middleware import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S, RequestGuard
 from minimax01.server.routes import add_routes
 from minimax01.server.runner import AsyncEngine, EngineFailure
 from minimax01.tokenizer import MiniMaxTokenizer
@@ -40,20 +41,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _engine_error(_: Request, e: EngineFailure) -> JSONResponse:
         return APIError(500, str(e), type="server_error").response()
 
-    @app.exception_handler(Exception)
-    async def _internal_error(_: Request, e: Exception) -> JSONResponse:
-        return APIError(500, f"internal error: {type(e).__name__}", type="server_error").response()
-
 
 def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, tokenizer: MiniMaxTokenizer | None = None,
-               chat: ChatSetup | None = None) -> FastAPI:
+               chat: ChatSetup | None = None, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> FastAPI:
     """The ASGI app serving `engine_runner` under the model id `model_name`.
 
     `tokenizer` defaults to the engine's own. With `api_key`, /v1/* requires `Authorization: Bearer <key>`
     (/health and /metrics stay open for probes and scrapers). `chat` gives the chat template, the parsers
-    and the sampling defaults (default: the tokenizer's template, Text-01's parsers, no defaults).
+    and the sampling defaults (default: the tokenizer's template, Text-01's parsers, no defaults). A request
+    body must arrive within `read_timeout` seconds (else 408).
     """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must not be empty (the empty bearer token would pass)")
     engine = engine_runner.engine
     tok = tokenizer if tokenizer is not None else engine.tokenizer
     if tok is None:
@@ -65,7 +65,7 @@ def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None 
                         chat.generation_defaults)
     metrics = engine_runner.metrics
     app = FastAPI(title="minimax01", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
                        count=lambda ep, status: metrics.requests.inc(endpoint=ep, status=str(status)))
     _add_error_handlers(app)
     add_routes(app, ctx)

@@ -8,7 +8,7 @@ from typing import Any
 
 from minimax01.chat.reasoning import OutputEvent, OutputStream, Reasoning
 from minimax01.chat.tool_calls import ToolCall
-from minimax01.server.runner import EngineFailure
+from minimax01.server.runner import STEP_FAILED, EngineFailure
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Choice:
 
     def update(self, out: Any) -> list[OutputEvent]:
         if out.finish_reason == "error":
-            raise EngineFailure("the engine failed while generating this request")
+            raise EngineFailure(out.error or STEP_FAILED)
         self.token_ids.extend(out.new_token_ids)
         if out.logprobs is not None:
             self.logprobs.extend(out.logprobs)

@@ -18,6 +18,41 @@ from minimax01.server.context import ServerContext
 from minimax01.server.schemas import ChatCompletionRequest
 
 
+# No OpenAI request needs more than a handful of levels (a tool's JSON schema is the deepest part); the bound keeps
+# every recursive reader downstream (pydantic, the chat template, json.dumps) far from Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _check_json_values(body: Any) -> None:
+    """400 for what json.loads accepts but nothing downstream can use: nesting deeper than MAX_JSON_DEPTH and
+    strings holding a lone UTF-16 surrogate ("\\ud83d" unpaired), which are not Unicode text. Iterative, so
+    that the check itself cannot hit the recursion limit."""
+    stack: list[tuple[Any, int, str]] = [(body, 1, "body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels (at {where})")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str) and not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise APIError(400, f"{where}: a string contains a lone UTF-16 surrogate escape, which is "
+                                            f"not valid Unicode", param=_top_field(where, key)) from None
+            if isinstance(item, (dict, list)):
+                child = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"
+                stack.append((item, depth + 1, child))
+
+
+def _top_field(where: str, key: Any) -> str | None:
+    """The top-level field that `where` + `key` is in ("body.messages[0]" -> "messages")."""
+    path = where.removeprefix("body").lstrip(".")
+    top = path.split(".")[0].split("[")[0] if path else (key if isinstance(key, str) else "")
+    return top or None
+
+
 async def _read_json(request: Request) -> Any:
     raw = await request.body()
     try:
@@ -25,9 +60,15 @@ async def _read_json(request: Request) -> Any:
     except UnicodeDecodeError as e:
         raise APIError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text)
+        body = json.loads(text)
     except json.JSONDecodeError as e:
         raise APIError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # an integer literal longer than Python's int-string limit (4300 digits)
+        raise APIError(400, f"request body is not usable JSON: {e}") from None
+    _check_json_values(body)
+    return body
 
 
 def _validate(model: type[BaseModel], body: Any) -> Any:

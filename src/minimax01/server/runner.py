@@ -31,6 +31,11 @@ from minimax01.server.metrics import ServerMetrics
 log = logging.getLogger("minimax01.server")
 
 
+# What a client is told when a step fails: the exception text (a device error, a dead tensor-parallel rank's
+# socket error with source paths) is for the operator, in the log next to the traceback.
+STEP_FAILED = "the engine failed while running this request (the server log has the details)"
+
+
 class EngineFailure(MiniMaxError, RuntimeError):
     """The engine raised while stepping; the requests in flight are failed, the server keeps serving."""
 
@@ -140,6 +145,11 @@ class AsyncEngine:
         """The snapshot taken after the engine's last step or command (never blocks on the engine)."""
         return self._stats
 
+    def fail_all(self, message: str) -> None:
+        """Ends every request in flight with EngineFailure(message) (streams: an error event, then [DONE]),
+        on the engine thread between two steps. Thread-safe; used at the shutdown deadline."""
+        self._send("fail", message)
+
     def close(self, timeout: float = 5.0) -> None:
         """Stops the engine thread after its current step."""
         self._closed = True
@@ -180,7 +190,7 @@ class AsyncEngine:
                 self._iteration()
             except Exception as e:  # a bad step must not take the server down: fail what is in flight
                 log.exception("engine step failed; failing %d request(s)", len(self._streams))
-                self._fail_all(EngineFailure(f"engine step failed: {type(e).__name__}: {e}"))
+                self._fail_all(EngineFailure(STEP_FAILED))
 
     def _iteration(self) -> None:
         self._wake.clear()  # before draining: a command sent after the drain sets it again
@@ -214,6 +224,8 @@ class AsyncEngine:
                     continue
                 self._streams[sub.request_id] = _Stream(queue, loop, index, len(sub.prompt_ids), time.monotonic())
                 fut.set_result(None)
+            elif command[0] == "fail":
+                self._fail_all(EngineFailure(command[1]))
             else:  # abort
                 request_id = command[1]
                 stream = self._streams.pop(request_id, None)
