@@ -96,7 +96,7 @@ def _compile(template: str) -> tuple[jinja2.Template, bool]:
     env = _environment()
     try:
         tree = env.parse(template)
-        return env.from_string(template), _reads_content_as_list(tree)
+        return env.from_string(tree), _reads_content_as_list(tree)  # compiled from the tree: parsed once
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise RequestError(f"chat template has a syntax error: {e}") from e
 
