@@ -18,6 +18,7 @@ import torch
 from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
+from minimax01.engine.prompt_logprobs import PromptLogprob, score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
@@ -47,6 +48,8 @@ class RequestOutput:
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
     stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
     error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
+    # Scores of prompt tokens 1.. (params.prompt_logprobs), in the first output after the prompt's prefill.
+    prompt_logprobs: list[PromptLogprob] | None = None
 
 
 # The per-request guard's message: NaN/inf logits come from corrupt weights or a numerical fault, not from the
@@ -201,6 +204,7 @@ class LLMEngine:
                 stop_ids=frozenset(stop_ids),
                 decoder=self.tokenizer.incremental_decoder() if self.tokenizer is not None else None,
                 stop_checker=StopChecker(list(params.stop)),
+                prompt_scores=[] if params.prompt_logprobs is not None else None,
             )
             self._requests[request_id] = req
             self.scheduler.add(req)
@@ -262,19 +266,29 @@ class LLMEngine:
             self._last_step = (len(sched.chunks), sched.num_tokens)
             if not sched.chunks:
                 return outputs
+            # Rows of the model call: the sampling row of each chunk that samples, then the rows scoring prompt
+            # tokens of the chunks whose requests ask for prompt logprobs.
+            sampling = [c for c in sched.chunks if c.samples and c.request.params.max_new_tokens > 0]
+            scoring = [(c, scored_positions(c.request.prompt_len, len(c.request.prompt_scores), c.start, c.num_new))
+                       for c in sched.chunks if c.request.prompt_scores is not None]
             try:
-                logits = self._run_model(sched.chunks)  # float32 [sampling chunks, vocab]
+                logits = self._run_model(sched.chunks, sampling, scoring)  # float32 [rows, vocab]
             except Exception:
                 self._pending = outputs + self._pending  # nothing produced so far is lost
                 raise
-            sampling = [c for c in sched.chunks if c.samples]
             for c in sched.chunks:
                 c.request.num_computed += c.num_new
                 if c.samples and not c.request.prompt_counted:
                     c.request.prompt_counted = True
                     self._totals["prompt"] += c.request.prompt_len
+            self._score_prompts(logits[len(sampling):], scoring)
+            for c in sched.chunks:
+                if c.samples and c.request.params.max_new_tokens == 0:  # the prompt was only to be scored
+                    c.request.finish_reason = "length"
+                    outputs.append(self._output(c.request, [], "", None, None))
+                    self._finish(c.request)
             if sampling:
-                logits, reqs = self._drop_non_finite(logits, [c.request for c in sampling], outputs)
+                logits, reqs = self._drop_non_finite(logits[:len(sampling)], [c.request for c in sampling], outputs)
             if sampling and reqs:
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
@@ -282,6 +296,16 @@ class LLMEngine:
                 for i, req in enumerate(reqs):
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
+
+    @staticmethod
+    def _score_prompts(logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]]) -> None:
+        """Appends each scoring chunk's prompt-token scores (its rows of `logits`, in `scoring` order)."""
+        row = 0
+        for c, positions in scoring:
+            req = c.request
+            targets = [req.all_ids[q + 1] for q in positions]
+            req.prompt_scores.extend(score_rows(logits[row:row + len(targets)], targets, req.params.prompt_logprobs))
+            row += len(targets)
 
     def _drop_non_finite(self, logits: torch.Tensor, reqs: list[Request],
                          outputs: list[RequestOutput]) -> tuple[torch.Tensor, list[Request]]:
@@ -298,17 +322,24 @@ class LLMEngine:
         keep = [i for i, ok in enumerate(finite) if ok]
         return logits[keep], [reqs[i] for i in keep]
 
-    def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def _run_model(self, chunks: list[ScheduledChunk], sampling: list[ScheduledChunk],
+                   scoring: list[tuple[ScheduledChunk, range]]) -> torch.Tensor:
+        """One model call; logits rows: the last token of each `sampling` chunk, then each scoring chunk's
+        positions."""
         device = self.model.device
         tokens: list[int] = []
+        first_row: dict[int, int] = {}  # id(chunk) -> its first token's row in the flattened batch
         for c in chunks:
+            first_row[id(c)] = len(tokens)
             tokens.extend(c.request.all_ids[c.start:c.start + c.num_new])
         batch = BatchInfo([c.request.slot for c in chunks], [c.start for c in chunks],
                           [c.num_new for c in chunks], device=device)
-        rows = [i for i, c in enumerate(chunks) if c.samples]
+        rows = [first_row[id(c)] + c.num_new - 1 for c in sampling]
+        rows += [first_row[id(c)] + q - c.start for c, positions in scoring for q in positions]
         try:
             tokens_t = torch.tensor(tokens, dtype=torch.long, device=device)
-            return self.model.step(tokens_t, batch, self.store, logits_index=batch.last_token_index[rows])
+            rows_t = torch.tensor(rows, dtype=torch.long, device=device)
+            return self.model.step(tokens_t, batch, self.store, logits_index=rows_t)
         except Exception:
             # The step may have half-updated these slots' states in place: they cannot continue. Fail them
             # (their final outputs come with the next step) and let the caller see the error.
@@ -346,6 +377,9 @@ class LLMEngine:
 
     def _output(self, req: Request, tokens: list[int], text: str, logprobs: list[float] | None,
                 top: list[list[tuple[int, float]]] | None, error: str | None = None) -> RequestOutput:
+        prompt_scores = None
+        if req.prompt_scores is not None and not req.prompt_scores_sent and req.prompt_counted:
+            prompt_scores, req.prompt_scores_sent = req.prompt_scores, True
         return RequestOutput(
             request_id=req.request_id,
             new_token_ids=tokens,
@@ -358,6 +392,7 @@ class LLMEngine:
             top_logprobs=top,
             stop_reason=req.stop_reason,
             error=error,
+            prompt_logprobs=prompt_scores,
         )
 
     def _finish(self, req: Request) -> None:
