@@ -6,6 +6,7 @@ from typing import Any
 
 from minimax01.chat.reasoning import OutputEvent, Reasoning
 from minimax01.chat.tool_calls import ToolCall
+from minimax01.engine.prompt_logprobs import PromptLogprob
 from minimax01.server.choice import Choice
 from minimax01.tokenizer import MiniMaxTokenizer
 
@@ -44,6 +45,44 @@ def completion_logprobs(tokenizer: MiniMaxTokenizer, ids: list[int], lps: list[f
     top = [{_token_str(tokenizer, i): _clamp_lp(v) for i, v in t} for t in tops]
     return {"tokens": tokens, "token_logprobs": [_clamp_lp(x) for x in lps], "top_logprobs": top,
             "text_offset": offsets}, offset
+
+
+def echo_logprobs(tokenizer: MiniMaxTokenizer, prompt_ids: list[int],
+                  scores: list[PromptLogprob]) -> tuple[dict[str, Any], int]:
+    """Completions `logprobs` of an echoed prompt (text offsets from 0): the first token's logprob and top
+    logprobs are null, as nothing predicts it; each other position's top logprobs hold its own token too, as
+    OpenAI's and vLLM's do. Returns it and the offset after the prompt."""
+    tokens = [_token_str(tokenizer, t) for t in prompt_ids]
+    offsets, offset = [], 0
+    for s in tokens:
+        offsets.append(offset)
+        offset += len(s)
+    tops: list[dict[str, float] | None] = [None]
+    for score in scores:
+        top = {_token_str(tokenizer, i): _clamp_lp(v) for i, v in score.top}
+        top.setdefault(_token_str(tokenizer, score.token_id), _clamp_lp(score.logprob))
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": [None] + [_clamp_lp(s.logprob) for s in scores],
+            "top_logprobs": tops, "text_offset": offsets}, offset
+
+
+def join_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """Two completions `logprobs` (parallel lists) one after the other."""
+    return {key: first[key] + then[key] for key in first}
+
+
+def vllm_prompt_logprobs(tokenizer: MiniMaxTokenizer, scores: list[PromptLogprob]) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs`: per prompt position (the first is null), token id -> logprob, rank and
+    decoded token, for the prompt's own token and the top ones."""
+    def entry(token_id: int, lp: float, rank: int | None) -> dict[str, Any]:
+        return {"logprob": _clamp_lp(lp), "rank": rank, "decoded_token": _token_str(tokenizer, token_id)}
+
+    positions: list[dict[str, Any] | None] = [None]
+    for score in scores:
+        top = {str(i): entry(i, v, r) for r, (i, v) in enumerate(score.top, start=1)}
+        top.setdefault(str(score.token_id), entry(score.token_id, score.logprob, score.rank))
+        positions.append(top)
+    return positions
 
 
 def include_usage(req: Any) -> bool:
