@@ -71,6 +71,31 @@ def test_preempted_request_scores_each_prompt_token_once(model: MiniMaxForCausal
         check_scores(model, p, scores, 1)
 
 
+def test_non_finite_prompt_rows_fail_only_that_request(model: MiniMaxForCausalLM,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = engine(model)
+    good, bad = prompt(5, 40), prompt(6, 42)
+    rg = eng.add_request(good, SamplingParams(temperature=0.0, max_new_tokens=3))
+    rb = eng.add_request(bad, SamplingParams(temperature=0.0, max_new_tokens=3, prompt_logprobs=1))
+    real_step = model.step
+
+    def poisoned(tokens, batch, store, logits_index=None):  # noqa: ANN001, ANN202
+        logits = real_step(tokens, batch, store, logits_index)
+        if len(logits) > len(batch.slots):  # both prompts in one step: 2 sampling rows, then the scoring rows
+            logits[len(batch.slots):] = float("nan")
+        return logits
+
+    monkeypatch.setattr(model, "step", poisoned)
+    outs = run(eng)
+    monkeypatch.undo()
+    (last_bad,) = outs[rb]
+    assert last_bad.finish_reason == "error" and "non-finite" in last_bad.error and not last_bad.new_token_ids
+    alone = engine(model)
+    ra = alone.add_request(good, SamplingParams(temperature=0.0, max_new_tokens=3))
+    assert tokens(outs[rg]) == tokens(run(alone)[ra])
+    assert eng.stats().used_kv_blocks == 0 and eng.stats().free_slots == eng.max_num_seqs
+
+
 def test_long_rows_are_scored_in_slices() -> None:
     logits = torch.randn(150, 40, generator=torch.Generator().manual_seed(0))  # > 2 slices of 64 rows
     targets = torch.randint(0, 40, (150,), generator=torch.Generator().manual_seed(1)).tolist()

@@ -48,7 +48,7 @@ class RequestOutput:
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
     stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
     error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
-    # Scores of prompt tokens 1.. (params.prompt_logprobs), in the first output after the prompt's prefill.
+    # Scores of prompt tokens 1.. (params.prompt_logprobs), in the first output after the prompt's prefill
     prompt_logprobs: list[PromptLogprob] | None = None
 
 
@@ -281,14 +281,16 @@ class LLMEngine:
                 if c.samples and not c.request.prompt_counted:
                     c.request.prompt_counted = True
                     self._totals["prompt"] += c.request.prompt_len
-            self._score_prompts(logits[len(sampling):], scoring)
+            self._score_prompts(logits[len(sampling):], scoring, outputs)
             for c in sched.chunks:
-                if c.samples and c.request.params.max_new_tokens == 0:  # the prompt was only to be scored
-                    c.request.finish_reason = "length"
+                if c.samples and c.request.params.max_new_tokens == 0 and c.request.finish_reason is None:
+                    c.request.finish_reason = "length"  # the prompt was only to be scored
                     outputs.append(self._output(c.request, [], "", None, None))
                     self._finish(c.request)
             if sampling:
-                logits, reqs = self._drop_non_finite(logits[:len(sampling)], [c.request for c in sampling], outputs)
+                keep = [i for i, c in enumerate(sampling) if c.request.finish_reason is None]  # not failed scoring
+                rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
+                logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
             if sampling and reqs:
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
@@ -297,15 +299,21 @@ class LLMEngine:
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
 
-    @staticmethod
-    def _score_prompts(logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]]) -> None:
-        """Appends each scoring chunk's prompt-token scores (its rows of `logits`, in `scoring` order)."""
+    def _score_prompts(self, logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]],
+                       outputs: list[RequestOutput]) -> None:
+        """Appends each scoring chunk's prompt-token scores (its rows of `logits`, in `scoring` order); fails the
+        request, as sampling would, when its rows are not finite (a NaN score cannot be sent as JSON)."""
         row = 0
         for c, positions in scoring:
-            req = c.request
+            req, rows = c.request, logits[row:row + len(positions)]
+            row += len(positions)
+            if not bool(torch.isfinite(rows).all()):
+                req.finish_reason = "error"
+                outputs.append(self._output(req, [], "", None, None, error=NON_FINITE_LOGITS))
+                self._finish(req)
+                continue
             targets = [req.all_ids[q + 1] for q in positions]
-            req.prompt_scores.extend(score_rows(logits[row:row + len(targets)], targets, req.params.prompt_logprobs))
-            row += len(targets)
+            req.prompt_scores.extend(score_rows(rows, targets, req.params.prompt_logprobs))
 
     def _drop_non_finite(self, logits: torch.Tensor, reqs: list[Request],
                          outputs: list[RequestOutput]) -> tuple[torch.Tensor, list[Request]]:
@@ -334,8 +342,8 @@ class LLMEngine:
             tokens.extend(c.request.all_ids[c.start:c.start + c.num_new])
         batch = BatchInfo([c.request.slot for c in chunks], [c.start for c in chunks],
                           [c.num_new for c in chunks], device=device)
-        rows = [first_row[id(c)] + c.num_new - 1 for c in sampling]
-        rows += [first_row[id(c)] + q - c.start for c, positions in scoring for q in positions]
+        rows = [first_row[id(c)] + c.num_new - 1 for c in sampling] + [
+            first_row[id(c)] + q - c.start for c, positions in scoring for q in positions]
         try:
             tokens_t = torch.tensor(tokens, dtype=torch.long, device=device)
             rows_t = torch.tensor(rows, dtype=torch.long, device=device)
