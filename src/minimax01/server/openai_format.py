@@ -22,6 +22,26 @@ def _token_str(tokenizer: MiniMaxTokenizer, token_id: int) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
+def token_key(tokenizer: MiniMaxTokenizer, token_id: int) -> str:
+    """A token as completions `tokens` / `top_logprobs` keys show it: its text, or for a token that is only part
+    of a UTF-8 character, `bytes:` and its bytes escaped (`bytes:\\xe4\\xbd`), as vLLM writes them, so that
+    two such tokens do not both become the key "\ufffd" and overwrite each other."""
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def _text_offsets(tokenizer: MiniMaxTokenizer, ids: list[int], offset: int) -> tuple[list[int], int]:
+    """Where each token's text starts in the choice's text (from `offset`), and the offset after the last."""
+    offsets = []
+    for t in ids:
+        offsets.append(offset)
+        offset += len(_token_str(tokenizer, t))
+    return offsets, offset
+
+
 def chat_logprobs(tokenizer: MiniMaxTokenizer, ids: list[int], lps: list[float],
                   tops: list[list[tuple[int, float]]]) -> dict[str, Any]:
     """Chat `logprobs`: one entry per token with its text, raw bytes and top alternatives."""
@@ -37,14 +57,10 @@ def completion_logprobs(tokenizer: MiniMaxTokenizer, ids: list[int], lps: list[f
                         tops: list[list[tuple[int, float]]], offset: int) -> tuple[dict[str, Any], int]:
     """Completions `logprobs` (parallel lists) of tokens whose text starts at character `offset` of the choice;
     returns it and the offset after the last token."""
-    tokens = [_token_str(tokenizer, t) for t in ids]
-    offsets = []
-    for s in tokens:
-        offsets.append(offset)
-        offset += len(s)
-    top = [{_token_str(tokenizer, i): _clamp_lp(v) for i, v in t} for t in tops]
-    return {"tokens": tokens, "token_logprobs": [_clamp_lp(x) for x in lps], "top_logprobs": top,
-            "text_offset": offsets}, offset
+    offsets, offset = _text_offsets(tokenizer, ids, offset)
+    top = [{token_key(tokenizer, i): _clamp_lp(v) for i, v in t} for t in tops]
+    return {"tokens": [token_key(tokenizer, t) for t in ids], "token_logprobs": [_clamp_lp(x) for x in lps],
+            "top_logprobs": top, "text_offset": offsets}, offset
 
 
 def echo_logprobs(tokenizer: MiniMaxTokenizer, prompt_ids: list[int],
@@ -52,18 +68,15 @@ def echo_logprobs(tokenizer: MiniMaxTokenizer, prompt_ids: list[int],
     """Completions `logprobs` of an echoed prompt (text offsets from 0): the first token's logprob and top
     logprobs are null, as nothing predicts it; each other position's top logprobs hold its own token too, as
     OpenAI's and vLLM's do. Returns it and the offset after the prompt."""
-    tokens = [_token_str(tokenizer, t) for t in prompt_ids]
-    offsets, offset = [], 0
-    for s in tokens:
-        offsets.append(offset)
-        offset += len(s)
+    offsets, offset = _text_offsets(tokenizer, prompt_ids, 0)
     tops: list[dict[str, float] | None] = [None]
     for score in scores:
-        top = {_token_str(tokenizer, i): _clamp_lp(v) for i, v in score.top}
-        top.setdefault(_token_str(tokenizer, score.token_id), _clamp_lp(score.logprob))
+        top = {token_key(tokenizer, i): _clamp_lp(v) for i, v in score.top}
+        top.setdefault(token_key(tokenizer, score.token_id), _clamp_lp(score.logprob))
         tops.append(top)
-    return {"tokens": tokens, "token_logprobs": [None] + [_clamp_lp(s.logprob) for s in scores],
-            "top_logprobs": tops, "text_offset": offsets}, offset
+    return {"tokens": [token_key(tokenizer, t) for t in prompt_ids],
+            "token_logprobs": [None] + [_clamp_lp(s.logprob) for s in scores], "top_logprobs": tops,
+            "text_offset": offsets}, offset
 
 
 def join_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +88,7 @@ def vllm_prompt_logprobs(tokenizer: MiniMaxTokenizer, scores: list[PromptLogprob
     """vLLM's `prompt_logprobs`: per prompt position (the first is null), token id -> logprob, rank and
     decoded token, for the prompt's own token and the top ones."""
     def entry(token_id: int, lp: float, rank: int | None) -> dict[str, Any]:
-        return {"logprob": _clamp_lp(lp), "rank": rank, "decoded_token": _token_str(tokenizer, token_id)}
+        return {"logprob": _clamp_lp(lp), "rank": rank, "decoded_token": token_key(tokenizer, token_id)}
 
     positions: list[dict[str, Any] | None] = [None]
     for score in scores:
