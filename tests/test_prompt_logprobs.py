@@ -50,6 +50,30 @@ def test_prompt_scores_match_full_forward(model: MiniMaxForCausalLM, budget: int
     assert tokens(outs[rid]) == tokens(ref[a]) and tokens(outs[other]) == tokens(ref[b])
 
 
+def test_logits_rows_stay_within_the_step_budget(model: MiniMaxForCausalLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt longer than the token budget is scored chunk by chunk (never one [prompt, vocab] tensor), and a
+    request that does not ask costs one logits row per step, as without prompt logprobs."""
+    budget, long_prompt = 16, prompt(60, 9)
+    eng = engine(model, max_num_batched_tokens=budget)
+    rows: list[tuple[int, int]] = []  # per step: (logits rows, sequences)
+    real_step = model.step
+
+    def recording(tokens, batch, store, logits_index=None):  # noqa: ANN001, ANN202
+        logits = real_step(tokens, batch, store, logits_index)
+        rows.append((logits.shape[0], len(batch.slots)))
+        return logits
+
+    monkeypatch.setattr(model, "step", recording)
+    plain = eng.add_request(prompt(5, 10), SamplingParams(temperature=0.0, max_new_tokens=8))
+    first_step = eng.step()  # the plain request alone: one row
+    assert rows == [(1, 1)] and first_step[0].request_id == plain
+    scored = eng.add_request(long_prompt, SamplingParams(max_new_tokens=0, prompt_logprobs=2))
+    outs = run(eng)
+    monkeypatch.undo()
+    assert max(r for r, _ in rows) <= budget and len(rows) >= 60 // budget
+    check_scores(model, long_prompt, outs[scored][-1].prompt_logprobs, 2)
+
+
 def test_zero_new_tokens_only_scores_the_prompt(model: MiniMaxForCausalLM) -> None:
     ids = prompt(12, 3)
     eng = engine(model, max_num_batched_tokens=5)

@@ -308,9 +308,7 @@ class LLMEngine:
             req, rows = c.request, logits[row:row + len(positions)]
             row += len(positions)
             if not bool(torch.isfinite(rows).all()):
-                req.finish_reason = "error"
-                outputs.append(self._output(req, [], "", None, None, error=NON_FINITE_LOGITS))
-                self._finish(req)
+                self._fail(req, outputs, NON_FINITE_LOGITS)
                 continue
             targets = [req.all_ids[q + 1] for q in positions]
             req.prompt_scores.extend(score_rows(rows, targets, req.params.prompt_logprobs))
@@ -324,9 +322,7 @@ class LLMEngine:
             return logits, reqs
         for req, ok in zip(reqs, finite):
             if not ok:
-                req.finish_reason = "error"
-                outputs.append(self._output(req, [], "", None, None, error=NON_FINITE_LOGITS))
-                self._finish(req)
+                self._fail(req, outputs, NON_FINITE_LOGITS)
         keep = [i for i, ok in enumerate(finite) if ok]
         return logits[keep], [reqs[i] for i in keep]
 
@@ -352,10 +348,14 @@ class LLMEngine:
             # The step may have half-updated these slots' states in place: they cannot continue. Fail them
             # (their final outputs come with the next step) and let the caller see the error.
             for c in chunks:
-                c.request.finish_reason = "error"
-                self._pending.append(self._output(c.request, [], "", None, None))
-                self._finish(c.request)
+                self._fail(c.request, self._pending)
             raise
+
+    def _fail(self, req: Request, outputs: list[RequestOutput], error: str | None = None) -> None:
+        """Ends `req` with finish_reason "error" (its final output goes to `outputs`) and frees its slot."""
+        req.finish_reason = "error"
+        outputs.append(self._output(req, [], "", None, None, error=error))
+        self._finish(req)
 
     def _append_token(self, req: Request, token: int, logprob: float,
                       top: list[tuple[int, float]] | None) -> RequestOutput:
