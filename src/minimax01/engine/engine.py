@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,7 +17,8 @@ import torch
 from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
-from minimax01.engine.prompt_logprobs import PromptLogprob, score_rows, scored_positions
+from minimax01.engine.outputs import EngineStats, RequestOutput
+from minimax01.engine.prompt_logprobs import score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
@@ -33,47 +33,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_MODEL_LEN = 32768
 
 
-@dataclass
-class RequestOutput:
-    """What one step produced for one request (streaming delta; concatenate to get the whole result)."""
-
-    request_id: str
-    new_token_ids: list[int]  # tokens sampled in this step (a stop token is included, its text is not)
-    new_text: str  # detokenized delta ("" without tokenizer); held back while it may start a stop string
-    finished: bool
-    finish_reason: str | None  # "stop" | "length" | "abort" | "error" once finished
-    prompt_tokens: int
-    completion_tokens: int  # generated so far, this step included
-    logprobs: list[float] | None = None  # per new token (only when params.logprobs is not None)
-    top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
-    stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
-    error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
-    # Scores of prompt tokens 1.. (params.prompt_logprobs), in the first output after the prompt's prefill
-    prompt_logprobs: list[PromptLogprob] | None = None
-
-
 # The per-request guard's message: NaN/inf logits come from corrupt weights or a numerical fault, not from the
 # request, and sampling from them would return garbage (NaN probabilities pick token 0 every time).
 NON_FINITE_LOGITS = "the model produced non-finite logits (NaN or inf) for this request"
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int
-    waiting: int
-    free_slots: int
-    used_kv_blocks: int
-    free_kv_blocks: int
-    total_kv_blocks: int
-    prompt_tokens_total: int  # prompt tokens of requests whose prefill completed
-    generation_tokens_total: int
-    finished_requests_total: int  # aborted ones included
-    preemptions_total: int
-    last_step_num_seqs: int
-    last_step_num_tokens: int
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def default_stop_ids(config: MiniMaxConfig, tokenizer: MiniMaxTokenizer | None = None) -> list[int]:
