@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from minimax01.engine.engine import LLMEngine, RequestOutput
+from minimax01.engine.engine import LLMEngine
+from minimax01.engine.outputs import RequestOutput
 from minimax01.engine.protocol import StepModel
 from minimax01.errors import RequestError
 from minimax01.sampling import SamplingParams

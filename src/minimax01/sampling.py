@@ -78,6 +78,8 @@ class SamplingParams:
         logprobs: number of top log-probabilities to return per token (0..20), or
             ``None`` for none.
         ignore_eos: keep generating after EOS (benchmarks).
+        prompt_logprobs: score every prompt token and return this many top log-probabilities per prompt
+            position (0..20), or ``None`` for none; with it ``max_new_tokens`` may be 0 (only score the prompt).
     """
 
     temperature: float = 1.0
@@ -93,6 +95,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None
     ignore_eos: bool = False
+    prompt_logprobs: int | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -127,9 +130,12 @@ class SamplingParams:
             raise RequestError(
                 f"top_k must be an integer >= -1 (0 or -1 disables it), got {brief(self.top_k)}"
             )
-        if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
+        # 0 new tokens is a request to score the prompt (lm-eval's loglikelihood), pointless without scores.
+        min_new = 0 if self.prompt_logprobs is not None else 1
+        if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= min_new):
             raise RequestError(
-                f"max_new_tokens must be an integer >= 1, got {brief(self.max_new_tokens)}"
+                f"max_new_tokens must be an integer >= 1 (0 only with prompt_logprobs), got "
+                f"{brief(self.max_new_tokens)}"
             )
         if self.seed is not None and not (_is_int(self.seed) and _SEED_MIN <= self.seed <= _SEED_MAX):
             raise RequestError(
@@ -140,6 +146,13 @@ class SamplingParams:
         ):
             raise RequestError(
                 f"logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got {brief(self.logprobs)}"
+            )
+        if self.prompt_logprobs is not None and not (
+            _is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise RequestError(
+                f"prompt_logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got "
+                f"{brief(self.prompt_logprobs)}"
             )
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
             _is_int(t) and t >= 0 for t in self.stop_token_ids

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +17,8 @@ import torch
 from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
+from minimax01.engine.outputs import EngineStats, RequestOutput
+from minimax01.engine.prompt_logprobs import score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
@@ -32,45 +33,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_MODEL_LEN = 32768
 
 
-@dataclass
-class RequestOutput:
-    """What one step produced for one request (streaming delta; concatenate to get the whole result)."""
-
-    request_id: str
-    new_token_ids: list[int]  # tokens sampled in this step (a stop token is included, its text is not)
-    new_text: str  # detokenized delta ("" without tokenizer); held back while it may start a stop string
-    finished: bool
-    finish_reason: str | None  # "stop" | "length" | "abort" | "error" once finished
-    prompt_tokens: int
-    completion_tokens: int  # generated so far, this step included
-    logprobs: list[float] | None = None  # per new token (only when params.logprobs is not None)
-    top_logprobs: list[list[tuple[int, float]]] | None = None  # per new token: params.logprobs (id, logprob)
-    stop_reason: str | int | None = None  # the stop string or stop token id that finished the request
-    error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
-
-
 # The per-request guard's message: NaN/inf logits come from corrupt weights or a numerical fault, not from the
 # request, and sampling from them would return garbage (NaN probabilities pick token 0 every time).
 NON_FINITE_LOGITS = "the model produced non-finite logits (NaN or inf) for this request"
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int
-    waiting: int
-    free_slots: int
-    used_kv_blocks: int
-    free_kv_blocks: int
-    total_kv_blocks: int
-    prompt_tokens_total: int  # prompt tokens of requests whose prefill completed
-    generation_tokens_total: int
-    finished_requests_total: int  # aborted ones included
-    preemptions_total: int
-    last_step_num_seqs: int
-    last_step_num_tokens: int
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def default_stop_ids(config: MiniMaxConfig, tokenizer: MiniMaxTokenizer | None = None) -> list[int]:
@@ -201,6 +166,7 @@ class LLMEngine:
                 stop_ids=frozenset(stop_ids),
                 decoder=self.tokenizer.incremental_decoder() if self.tokenizer is not None else None,
                 stop_checker=StopChecker(list(params.stop)),
+                prompt_scores=[] if params.prompt_logprobs is not None else None,
             )
             self._requests[request_id] = req
             self.scheduler.add(req)
@@ -262,19 +228,31 @@ class LLMEngine:
             self._last_step = (len(sched.chunks), sched.num_tokens)
             if not sched.chunks:
                 return outputs
+            # Rows of the model call: the sampling row of each chunk that samples, then the rows scoring prompt
+            # tokens of the chunks whose requests ask for prompt logprobs.
+            sampling = [c for c in sched.chunks if c.samples and c.request.params.max_new_tokens > 0]
+            scoring = [(c, scored_positions(c.request.prompt_len, len(c.request.prompt_scores), c.start, c.num_new))
+                       for c in sched.chunks if c.request.prompt_scores is not None]
             try:
-                logits = self._run_model(sched.chunks)  # float32 [sampling chunks, vocab]
+                logits = self._run_model(sched.chunks, sampling, scoring)  # float32 [rows, vocab]
             except Exception:
                 self._pending = outputs + self._pending  # nothing produced so far is lost
                 raise
-            sampling = [c for c in sched.chunks if c.samples]
             for c in sched.chunks:
                 c.request.num_computed += c.num_new
                 if c.samples and not c.request.prompt_counted:
                     c.request.prompt_counted = True
                     self._totals["prompt"] += c.request.prompt_len
+            self._score_prompts(logits[len(sampling):], scoring, outputs)
+            for c in sched.chunks:
+                if c.samples and c.request.params.max_new_tokens == 0 and c.request.finish_reason is None:
+                    c.request.finish_reason = "length"  # the prompt was only to be scored
+                    outputs.append(self._output(c.request, [], "", None, None))
+                    self._finish(c.request)
             if sampling:
-                logits, reqs = self._drop_non_finite(logits, [c.request for c in sampling], outputs)
+                keep = [i for i, c in enumerate(sampling) if c.request.finish_reason is None]  # not failed scoring
+                rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
+                logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
             if sampling and reqs:
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
@@ -282,6 +260,20 @@ class LLMEngine:
                 for i, req in enumerate(reqs):
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
+
+    def _score_prompts(self, logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]],
+                       outputs: list[RequestOutput]) -> None:
+        """Appends each scoring chunk's prompt-token scores (its rows of `logits`, in `scoring` order); fails the
+        request, as sampling would, when its rows are not finite (a NaN score cannot be sent as JSON)."""
+        row = 0
+        for c, positions in scoring:
+            req, rows = c.request, logits[row:row + len(positions)]
+            row += len(positions)
+            if not bool(torch.isfinite(rows).all()):
+                self._fail(req, outputs, NON_FINITE_LOGITS)
+                continue
+            targets = [req.all_ids[q + 1] for q in positions]
+            req.prompt_scores.extend(score_rows(rows, targets, req.params.prompt_logprobs))
 
     def _drop_non_finite(self, logits: torch.Tensor, reqs: list[Request],
                          outputs: list[RequestOutput]) -> tuple[torch.Tensor, list[Request]]:
@@ -292,31 +284,40 @@ class LLMEngine:
             return logits, reqs
         for req, ok in zip(reqs, finite):
             if not ok:
-                req.finish_reason = "error"
-                outputs.append(self._output(req, [], "", None, None, error=NON_FINITE_LOGITS))
-                self._finish(req)
+                self._fail(req, outputs, NON_FINITE_LOGITS)
         keep = [i for i, ok in enumerate(finite) if ok]
         return logits[keep], [reqs[i] for i in keep]
 
-    def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    def _run_model(self, chunks: list[ScheduledChunk], sampling: list[ScheduledChunk],
+                   scoring: list[tuple[ScheduledChunk, range]]) -> torch.Tensor:
+        """One model call; logits rows: the last token of each `sampling` chunk, then each scoring chunk's
+        positions."""
         device = self.model.device
         tokens: list[int] = []
+        first_row: dict[int, int] = {}  # id(chunk) -> its first token's row in the flattened batch
         for c in chunks:
+            first_row[id(c)] = len(tokens)
             tokens.extend(c.request.all_ids[c.start:c.start + c.num_new])
         batch = BatchInfo([c.request.slot for c in chunks], [c.start for c in chunks],
                           [c.num_new for c in chunks], device=device)
-        rows = [i for i, c in enumerate(chunks) if c.samples]
+        rows = [first_row[id(c)] + c.num_new - 1 for c in sampling] + [
+            first_row[id(c)] + q - c.start for c, positions in scoring for q in positions]
         try:
             tokens_t = torch.tensor(tokens, dtype=torch.long, device=device)
-            return self.model.step(tokens_t, batch, self.store, logits_index=batch.last_token_index[rows])
+            rows_t = torch.tensor(rows, dtype=torch.long, device=device)
+            return self.model.step(tokens_t, batch, self.store, logits_index=rows_t)
         except Exception:
             # The step may have half-updated these slots' states in place: they cannot continue. Fail them
             # (their final outputs come with the next step) and let the caller see the error.
             for c in chunks:
-                c.request.finish_reason = "error"
-                self._pending.append(self._output(c.request, [], "", None, None))
-                self._finish(c.request)
+                self._fail(c.request, self._pending)
             raise
+
+    def _fail(self, req: Request, outputs: list[RequestOutput], error: str | None = None) -> None:
+        """Ends `req` with finish_reason "error" (its final output goes to `outputs`) and frees its slot."""
+        req.finish_reason = "error"
+        outputs.append(self._output(req, [], "", None, None, error=error))
+        self._finish(req)
 
     def _append_token(self, req: Request, token: int, logprob: float,
                       top: list[tuple[int, float]] | None) -> RequestOutput:
@@ -346,6 +347,9 @@ class LLMEngine:
 
     def _output(self, req: Request, tokens: list[int], text: str, logprobs: list[float] | None,
                 top: list[list[tuple[int, float]]] | None, error: str | None = None) -> RequestOutput:
+        prompt_scores = None
+        if req.prompt_scores is not None and not req.prompt_scores_sent and req.prompt_counted:
+            prompt_scores, req.prompt_scores_sent = req.prompt_scores, True
         return RequestOutput(
             request_id=req.request_id,
             new_token_ids=tokens,
@@ -358,6 +362,7 @@ class LLMEngine:
             top_logprobs=top,
             stop_reason=req.stop_reason,
             error=error,
+            prompt_logprobs=prompt_scores,
         )
 
     def _finish(self, req: Request) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from minimax01.cache import StateStore
+from minimax01.engine.prompt_logprobs import PromptLogprob
 from minimax01.sampling import SamplingParams, StopChecker
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class Request:
     stop_reason: str | int | None = None  # matched stop string or stop token id
     num_preemptions: int = 0
     prompt_counted: bool = field(default=False, repr=False)  # prompt tokens added to the engine totals
+    # Scores of prompt tokens 1.. so far, when params.prompt_logprobs asks for them (else None); sent once.
+    prompt_scores: list[PromptLogprob] | None = field(default=None, repr=False)
+    prompt_scores_sent: bool = field(default=False, repr=False)
 
     @property
     def output_ids(self) -> list[int]:

@@ -66,7 +66,7 @@ def create_app(engine_runner: AsyncEngine, model_name: str, api_key: str | None 
     metrics = engine_runner.metrics
     app = FastAPI(title="minimax01", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
-                       count=lambda ep, status: metrics.requests.inc(endpoint=ep, status=str(status)))
+                       count=lambda ep, status: metrics.requests.labels(endpoint=ep, status=str(status)).inc())
     _add_error_handlers(app)
     add_routes(app, ctx)
     return app

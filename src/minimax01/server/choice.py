@@ -8,6 +8,7 @@ from typing import Any
 
 from minimax01.chat.reasoning import OutputEvent, OutputStream, Reasoning
 from minimax01.chat.tool_calls import ToolCall
+from minimax01.engine.prompt_logprobs import PromptLogprob
 from minimax01.server.runner import STEP_FAILED, EngineFailure
 
 
@@ -26,6 +27,7 @@ class Choice:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_logprobs: list[PromptLogprob] | None = None  # scores of prompt tokens 1.., when the request asked
 
     def start(self, prefix: str) -> list[OutputEvent]:
         """Feeds the forced tool-call prefix (tool_choice required/named) to the parser."""
@@ -35,6 +37,8 @@ class Choice:
         if out.finish_reason == "error":
             raise EngineFailure(out.error or STEP_FAILED)
         self.token_ids.extend(out.new_token_ids)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if out.logprobs is not None:
             self.logprobs.extend(out.logprobs)
             self.top_logprobs.extend(out.top_logprobs or [[] for _ in out.logprobs])

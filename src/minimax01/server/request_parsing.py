@@ -110,7 +110,7 @@ async def parse_request(request: Request, ctx: ServerContext, model: type[BaseMo
 
 
 def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: int | None, logprobs: int | None,
-                    seed: int | None, names: dict[str, str]) -> SamplingParams:
+                    seed: int | None, names: dict[str, str], prompt_logprobs: int | None = None) -> SamplingParams:
     """SamplingParams of one choice; prompt length and max_tokens are checked against max_model_len.
     `names`: the API names of the max_new_tokens / logprobs fields (for error messages)."""
     if prompt_len >= ctx.max_model_len:
@@ -136,6 +136,7 @@ def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: i
         min_p=req.min_p, repetition_penalty=req.repetition_penalty,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         seed=seed, max_new_tokens=max_tokens, stop=stop, logprobs=logprobs, ignore_eos=req.ignore_eos,
+        prompt_logprobs=prompt_logprobs,
     )
     try:
         params.validate()

@@ -25,8 +25,9 @@ def add_routes(app: FastAPI, ctx: ServerContext) -> None:
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
-    async def get_metrics() -> Response:
-        return Response(runner.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def get_metrics(request: Request) -> Response:
+        body, content_type = runner.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:

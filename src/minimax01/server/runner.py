@@ -260,7 +260,7 @@ class AsyncEngine:
 
     def _count_finished(self, stream: _Stream, reason: str) -> None:
         m = self.metrics
-        m.finished.inc(reason=reason)
+        m.finished.labels(reason=reason).inc()
         m.prompt_tokens.inc(stream.prompt_tokens)
         m.generation_tokens.inc(stream.completion_tokens)
 

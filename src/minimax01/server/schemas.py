@@ -75,6 +75,7 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     # A string, a list of token ids, or a list of either (one choice set per prompt).
     prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = None
-    echo: bool = False
+    logprobs: int | None = None  # with echo: also for every prompt token (the first one's is null)
+    echo: bool = False  # prompt + completion text; max_tokens may then be 0 (score the prompt only)
     suffix: str | None = None
+    prompt_logprobs: int | None = None  # vLLM's extension: top logprobs of every prompt token, in its own shape
