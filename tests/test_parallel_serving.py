@@ -204,8 +204,8 @@ def test_serve_tp2_matches_tp1_and_stops_on_sigterm(servers: dict) -> None:
     assert tree, "the tp=2 server started no follower process"
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()
-    # uvicorn stops serving and re-raises SIGTERM; rank 0 turns it into SystemExit(128 + 15) after clean-up
-    assert proc.wait(15) == 128 + signal.SIGTERM, (servers["logs"] / "tp2.log").read_text()
+    # A SIGTERM while serving is a requested shutdown (--shutdown-timeout): rank 0 cleans up and exits 0
+    assert proc.wait(15) == 0, (servers["logs"] / "tp2.log").read_text()
     deadline = start + 5  # the followers exit on the shutdown message rank 0 sends before it exits
     while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -69,8 +69,8 @@ def relaunch_test(test_file: str) -> Callable[[], None]:
     @pytest.mark.skipif(not RELAUNCH, reason="this process already runs the kernels")
     def test_relaunch_under_interpreter() -> None:
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        # The interpreter's speed is the machine's: a quiet 2-core machine needs up to ~4 minutes for the
-        # largest module, a busy one several times that. The limit only catches a hang; the time is reported.
+        # The interpreter's speed is the machine's: a busy 2-core machine needs minutes per module. The limit
+        # only catches a hang; the time is reported.
         start = time.monotonic()
         run = subprocess.run([sys.executable, "-m", "pytest", test_file, "-q", "-p", "no:cacheprovider"],
                              env=env, capture_output=True, text=True, timeout=3600)

@@ -7,8 +7,8 @@ world. Otherwise the calling process becomes rank 0 and starts the others itself
 processes, rank r on cuda:r (NCCL), or gloo processes on the CPU.
 
 Stopping: rank 0 sends the shutdown message when its leader function returns or raises. The server returns on
-SIGINT; on SIGTERM (which uvicorn re-raises once it has stopped serving) rank 0 raises SystemExit(143) and
-cleans up the same way. Followers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and
+SIGINT and SIGTERM (after its bounded shutdown); a SIGTERM at any other time (while loading, during
+`generate`) makes rank 0 raise SystemExit(143) and clean up the same way. Followers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and
 rank 0 alone handles it. Failures leave no rank waiting: an error ends a follower, and rank 0 then stops (its
 collectives fail, the watcher of the processes it started sends it SIGTERM, or torchrun ends the world); a
 follower whose rank 0 is gone stops waiting for messages (the step channel notices); after a failed step rank 0
@@ -114,7 +114,7 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 def _lead(model: StepModel, channel: Channel, leader: Callable[[LockstepModel], T]) -> T:
     lockstep = LockstepModel(model, channel)
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    # uvicorn handles SIGTERM itself while it serves, then re-raises it: this handler gets it then.
+    # The server handles SIGTERM itself while it serves (and returns); this handler covers the rest of the time.
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
     try:
         return leader(lockstep)

@@ -31,7 +31,7 @@ def _check_json_values(body: Any) -> None:
     while stack:
         value, depth, where = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise APIError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels (at {where})")
+            raise APIError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels (at {where[:80]})")
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:
             for text in (key, item):
@@ -39,7 +39,7 @@ def _check_json_values(body: Any) -> None:
                     try:
                         text.encode("utf-8")
                     except UnicodeEncodeError:
-                        raise APIError(400, f"{where}: a string contains a lone UTF-16 surrogate escape, which is "
+                        raise APIError(400, f"{where[:80]}: a string contains a lone UTF-16 surrogate escape, which is "
                                             f"not valid Unicode", param=_top_field(where, key)) from None
             if isinstance(item, (dict, list)):
                 child = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"

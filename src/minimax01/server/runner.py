@@ -188,7 +188,7 @@ class AsyncEngine:
         while not self._closed:
             try:
                 self._iteration()
-            except Exception as e:  # a bad step must not take the server down: fail what is in flight
+            except Exception:  # a bad step must not take the server down: fail what is in flight
                 log.exception("engine step failed; failing %d request(s)", len(self._streams))
                 self._fail_all(EngineFailure(STEP_FAILED))
 
