@@ -205,11 +205,14 @@ def test_serve_tp2_matches_tp1_and_stops_on_sigterm(servers: dict) -> None:
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()
     # A SIGTERM while serving is a requested shutdown (--shutdown-timeout): rank 0 cleans up and exits 0
-    assert proc.wait(15) == 0, (servers["logs"] / "tp2.log").read_text()
-    deadline = start + 5  # the followers exit on the shutdown message rank 0 sends before it exits
+    # Limits that only catch a hang (a busy 2-core machine is slow); how fast the stop was is not the question:
+    # that the followers left on rank 0's shutdown message is (rank 0 logs "terminating" when it has to kill one
+    # that did not exit within its grace period).
+    assert proc.wait(120) == 0, (servers["logs"] / "tp2.log").read_text()
+    deadline = start + 120  # the followers exit on the shutdown message rank 0 sends before it exits
     while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     log = (servers["logs"] / "tp2.log").read_text()
     assert not [pid for pid in tree if _alive(pid)], log
-    assert time.monotonic() - start < 5, log
+    print(f"tp=2 server and followers stopped {time.monotonic() - start:.1f} s after SIGTERM")
     assert "Traceback" not in log and "terminating" not in log, log  # a clean stop, not a kill
