@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from forced_output import write_forced_checkpoint
+from test_server import wait_until_healthy
 
 BOS, EOS = "<beginning_of_sentence>", "<end_of_sentence>"
 M1_GEN_PROMPT = f"{BOS}ai name=MiniMax AI\n"
@@ -84,18 +85,7 @@ def serve(checkpoint: Path, log: Path, *flags: str) -> Iterator[Any]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120  # start-up only; generous so that a busy machine does not fail it
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+        wait_until_healthy(proc, url, log, 120)  # start-up only; generous so that a busy machine does not fail it
         yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     finally:
         proc.terminate()

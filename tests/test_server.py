@@ -125,6 +125,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory)
 
 
+def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, limit_s: float) -> None:
+    """Until the server process answers /health (fails the test if it exits or is not up after `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Iterator[str]:
     """Runs the server script; yields its base URL once /health answers; stops it afterwards."""
     from minimax01.parallel.launch import free_port
@@ -137,18 +153,7 @@ def start_server(checkpoint: Path, log: Path, *extra: str) -> Iterator[str]:
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+        wait_until_healthy(proc, url, log, 60)
         yield url
     finally:
         proc.terminate()
