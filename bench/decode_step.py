@@ -39,12 +39,44 @@ from minimax01.engine import LLMEngine  # noqa: E402
 from minimax01.sampling import SamplingParams  # noqa: E402
 
 
+class StepSpan:
+    """Wraps the StepModel an engine runs and records, per call of `step`, the GPU time between the call's start
+    and end (CUDA events on the current stream: the model's kernels or graph replay, including any wait for the
+    other ranks inside its all-reduces) and the host time the call takes to return (launches, no sync). The rest
+    of an engine step (scheduling, the step's inputs, sampling, the host sync for the sampled tokens) is the
+    step's wall time minus the GPU span."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[torch.cuda.Event, torch.cuda.Event, float]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def step(self, tokens, batch, store, logits_index=None):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        start.record()
+        logits = self.inner.step(tokens, batch, store, logits_index)
+        end.record()
+        self.calls.append((start, end, time.perf_counter() - t0))
+        return logits
+
+    def last(self) -> tuple[float, float]:
+        """(GPU span, host time of the call) of the last step, in seconds (after a synchronize)."""
+        start, end, host = self.calls[-1]
+        return start.elapsed_time(end) / 1e3, host
+
+
 def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool | None
-               ) -> tuple[list[float], list, int]:
-    """Step times (s) of `steps` pure decode steps of `batch` sequences, the tokens each generated, and how many
-    steps a CUDA graph replayed (the runner is the engine's own on one GPU, under the lock-step wrapper on N)."""
+               ) -> tuple[list[float], list, int, list[tuple[float, float]]]:
+    """Step times (s) of `steps` pure decode steps of `batch` sequences, the tokens each generated, how many
+    steps a CUDA graph replayed (the runner is the engine's own on one GPU, under the lock-step wrapper on N),
+    and each timed step's (GPU span, host time) of the model call (StepSpan)."""
     engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + steps + batch + 8,
                        max_num_batched_tokens=max(prompt_len, 512), cuda_graphs=graphs)
+    span = engine.model = StepSpan(engine.model)
+    spans = []
     gen = torch.Generator().manual_seed(batch)
     ids = [engine.add_request(torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist(),
                               # the first admitted sequences decode while later prompts prefill: + batch
@@ -60,10 +92,11 @@ def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool | No
         torch.cuda.synchronize()
         if decoding and len(outs) == batch:
             times.append(time.perf_counter() - t0)
+            spans.append(span.last())
         for o in outs:
             tokens[o.request_id] += o.new_token_ids
     runner = engine.graphs if engine.graphs is not None else getattr(model, "inner", None)
-    return times[2:], [tokens[i] for i in ids], getattr(runner, "num_replays", 0)
+    return times[2:], [tokens[i] for i in ids], getattr(runner, "num_replays", 0), spans[2:]
 
 
 def prefill_run(model, prompt_len: int, chunk: int) -> float:
@@ -81,18 +114,24 @@ def prefill_run(model, prompt_len: int, chunk: int) -> float:
 
 def measure(model, args: argparse.Namespace, graphs: bool) -> dict:
     """Decode rows of every batch (and, with graphs, the prefill rows) for one model and one graph mode."""
-    out: dict = {"decode": {}, "prefill": {}, "tokens": {}}
+    out: dict = {"decode": {}, "prefill": {}, "tokens": {}, "gpu_span": {}, "host_call": {}}
     lockstep = getattr(model, "inner", None) is not None  # graphs are chosen below the wrapper, per rank
     replayed = 0
     for b in args.batches:
-        times, out["tokens"][b], n = decode_run(model, b, args.prompt_len, args.steps, None if lockstep else graphs)
+        times, out["tokens"][b], n, spans = decode_run(model, b, args.prompt_len, args.steps,
+                                                       None if lockstep else graphs)
         out["decode"][b] = statistics.median(times)
+        out["gpu_span"][b] = statistics.median(g for g, _ in spans)
+        out["host_call"][b] = statistics.median(h for _, h in spans)
+        print(f"  batch {b}: median decode step {out['decode'][b] * 1e3:.2f} ms, model call's GPU span "
+              f"{out['gpu_span'][b] * 1e3:.2f} ms", file=sys.stderr, flush=True)
         replayed = n if lockstep else replayed + n  # the wrapper's runner counts over all batches
     out["replayed"] = replayed
     if graphs:
         prefill_run(model, args.chunk, args.chunk)  # compiles the prefill kernels for this chunk shape
         for n in args.prefill:
             out["prefill"][n] = prefill_run(model, n, args.chunk)
+            print(f"  prefill {n}: {out['prefill'][n]:.3f} s", file=sys.stderr, flush=True)
     return out
 
 
@@ -117,7 +156,7 @@ def run_layout(tp: int, config_dir: Path, args: argparse.Namespace) -> dict[bool
     import subprocess
 
     results = {}
-    for graphs in (False, True):
+    for graphs in ((False, True) if args.eager else (True,)):
         print(f"[{time.strftime('%H:%M:%S')}] {tp} GPU(s), graphs {'on' if graphs else 'off'}", file=sys.stderr,
               flush=True)
         with tempfile.TemporaryDirectory() as d:
@@ -169,6 +208,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--chunk", type=int, default=8192)
     ap.add_argument("--name", default="decode-step")
+    ap.add_argument("--no-eager", dest="eager", action="store_false", help="graph mode only (no eager rows)")
     ap.add_argument("--mode-timeout", type=float, default=600, help="seconds for one layout and graph mode")
     ap.add_argument("--only", nargs=4, metavar=("TP", "GRAPHS", "CONFIG_DIR", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -194,12 +234,19 @@ def main() -> None:
     decode_rows, prefill_rows = [], []
     for tp, res in layouts.items():
         for b in args.batches:
-            eager, graph = res[False]["decode"][b] * 1e3, res[True]["decode"][b] * 1e3
+            graph = res[True]["decode"][b] * 1e3
             fl = floor_ms(config, tp, b, args.prompt_len, copy_Bps, latency_us)
-            row = {"gpus": tp, "batch": b, "eager_step_ms": eager, "graph_step_ms": graph,
+            gpu_span = res[True]["gpu_span"][b] * 1e3
+            row = {"gpus": tp, "batch": b, "graph_step_ms": graph,
                    "graph_tok_s": b / graph * 1e3, "floor_ms": fl, "graph_vs_floor": graph / fl,
+                   # where a graph step's time goes: the model call's GPU span, the rest of the engine step
+                   "graph_model_gpu_ms": gpu_span, "graph_model_call_host_ms": res[True]["host_call"][b] * 1e3,
+                   "graph_outside_model_ms": graph - gpu_span,
                    "graphs_replayed": res[True]["replayed"],
-                   "same_greedy_tokens": sum(x == y for x, y in zip(res[False]["tokens"][b], res[True]["tokens"][b]))}
+                   }
+            if False in res:  # graph vs eager: the step time and the requests whose greedy tokens are identical
+                row["eager_step_ms"] = res[False]["decode"][b] * 1e3
+                row["same_greedy_tokens"] = sum(x == y for x, y in zip(res[False]["tokens"][b], res[True]["tokens"][b]))
             if tp > 1:
                 row["speedup_vs_1gpu"] = layouts[1][True]["decode"][b] / res[True]["decode"][b]
             decode_rows.append(row)

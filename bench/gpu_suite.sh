@@ -41,6 +41,7 @@ if [ "${1:-}" != bench ]; then
 else
   TP=$([ "$GPUS" -ge 2 ] && echo 2 || echo 1)
   python3 bench/decode_step.py --tp $TP 2>&1 | tee "$OUTDIR/decode-step.log" | grep -vE "^\s*$" | tail -12
+  python3 bench/decode_profile.py --tp $TP 2>&1 | tail -3
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7
   for tp in 1 $TP; do
     python3 bench/serve.py --real-dims-layers 8 --device cuda --tp $tp --concurrency 1 16 64 --prompt-len 256 \

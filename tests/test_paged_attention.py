@@ -197,6 +197,11 @@ def test_decode_runner_padding_matches_step(capture: bool, dtype: torch.dtype, t
         assert got.shape == ref.shape and rel(got, ref) <= tol, rel(got, ref)
     assert [stores[0].seq_lens[s] for s in slots[0]] == [n + 2 for n in lens]
     assert runner.capture == capture and (sorted(runner.graphs) == [4] if capture else not runner.graphs)
+    # release() (before a sharded world's process group goes) drops the graphs and the store: no more replays.
+    assert runner.batches
+    runner.release()
+    assert runner.store is None and not runner.graphs and not runner.batches and runner.pool is None
+    assert runner.replay(tokens, BatchInfo(slots[0], [n + 2 for n in lens], [1] * 3, device=DEV)) is None
 
 
 @torch.no_grad()

@@ -19,6 +19,11 @@ import torch
 
 from minimax01.config import MiniMaxConfig
 
+# Steps that bring at most this many tokens to a sequence get their KV positions by integer arithmetic on the host:
+# per sequence, that is cheaper than the few tensor ops of the long-chunk path (a decode step of 64 sequences
+# spent milliseconds of host time there).
+_HOST_RUN = 16
+
 
 class OutOfSlots(RuntimeError):
     """No free sequence slot or KV block is left in the store's budget."""
@@ -64,8 +69,12 @@ class BatchInfo:
         self.num_tokens = self.cu_seqlens[-1]
         if self.max_seq_len == -1:
             self.max_seq_len = max((s + n for s, n in zip(self.start_pos, self.num_new)), default=0)
-        pos = [torch.arange(s, s + n) for s, n in zip(self.start_pos, self.num_new)]
-        self.positions = (torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long)).to(self.device)
+        if all(n == 1 for n in self.num_new):  # one token per sequence (decode): no tensor op per sequence
+            positions = torch.tensor(self.start_pos, dtype=torch.long)
+        else:
+            pos = [torch.arange(s, s + n) for s, n in zip(self.start_pos, self.num_new)]
+            positions = torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long)
+        self.positions = positions.to(self.device)
         self.slots_t = torch.tensor(self.slots, dtype=torch.long, device=self.device)
         # Device copy of the boundaries, made once per step (not once per lightning layer) for the kernels.
         self.cu_seqlens_t = torch.tensor(self.cu_seqlens, dtype=torch.int32, device=self.device)
@@ -113,7 +122,6 @@ class StateStore:
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
-        self._positions: dict[int, torch.Tensor] = {}  # slot -> device buffer of flat KV positions
         # Device copy of block_tables for kernels: [max_seqs, width] int32, row = slot; entries past a slot's
         # length are stale (kernels read only below the length). The width doubles on demand.
         self.block_table_t = torch.zeros(max_seqs, 16, dtype=torch.int32, device=self.device)
@@ -131,7 +139,6 @@ class StateStore:
         self.lightning[:, slot].zero_()
         self.block_tables[slot] = []
         self.seq_lens[slot] = 0
-        self._positions.pop(slot, None)
         if self.op_log is not None:
             self.op_log.append(("allocate", slot))
         return slot
@@ -142,7 +149,6 @@ class StateStore:
             return
         self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
         del self.seq_lens[slot]
-        self._positions.pop(slot, None)
         self.free_slots.append(slot)
         if self.op_log is not None:
             self.op_log.append(("free", slot))
@@ -183,7 +189,9 @@ class StateStore:
             if not self.growable:
                 raise OutOfSlots(f"KV cache needs {need} more blocks, {len(self.free_blocks)} free")
             self._grow(need - len(self.free_blocks))
-        positions, owners = [], []
+        parts: list[torch.Tensor] = []  # flat positions, in the batch's token order
+        small: list[int] = []  # positions of consecutive short runs, not yet in parts
+        bs = self.kv_block_size
         for slot, start, n in zip(batch.slots, batch.start_pos, batch.num_new):
             if start != self.seq_lens[slot]:
                 raise ValueError(f"slot {slot} holds {self.seq_lens[slot]} tokens but the step starts at {start}")
@@ -193,20 +201,22 @@ class StateStore:
                 table.append(self.free_blocks.pop())
             if len(table) > have:
                 self._set_blocks(slot, have, table[have:])
-            if self.full_index and n:
-                # Only the blocks the new tokens land in: host work O(n), not O(length).
-                first = start // self.kv_block_size
-                pos = torch.arange(start, start + n)
-                blocks = torch.tensor(table[first:(start + n - 1) // self.kv_block_size + 1], dtype=torch.long)
-                positions.append(blocks[pos // self.kv_block_size - first] * self.kv_block_size
-                                 + pos % self.kv_block_size)
-                owners.append((slot, start, n))
-        flat = (torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)).to(self.device)
-        offset = 0
-        for slot, start, n in owners:  # keep each slot's positions on the device for kv_positions
-            self._append_positions(slot, start, flat[offset:offset + n])
-            offset += n
-        return flat
+            if not self.full_index or not n:
+                continue
+            if n <= _HOST_RUN:  # decode-sized: plain integers (a tensor op per sequence costs more than the math)
+                small.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+                continue
+            if small:
+                parts.append(torch.tensor(small, dtype=torch.long))
+                small = []
+            # Only the blocks the new tokens land in: host work O(n), not O(length).
+            first = start // bs
+            pos = torch.arange(start, start + n)
+            blocks = torch.tensor(table[first:(start + n - 1) // bs + 1], dtype=torch.long)
+            parts.append(blocks[pos // bs - first] * bs + pos % bs)
+        if small:
+            parts.append(torch.tensor(small, dtype=torch.long))
+        return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)).to(self.device)
 
     def _set_blocks(self, slot: int, first: int, blocks: list[int]) -> None:
         """Writes a slot's new blocks (its block indices first..) into the device block table."""
@@ -224,19 +234,6 @@ class StateStore:
             grown[:, :width] = self.block_table_t
             self.block_table_t = grown
 
-    def _append_positions(self, slot: int, start: int, new: torch.Tensor) -> None:
-        """Writes the flat positions of tokens start..start+n of `slot` into its device buffer (capacity doubles,
-        so a long sequence costs amortised O(n) device copies and no host work per decode step)."""
-        buf = self._positions.get(slot)
-        end = start + new.numel()
-        if buf is None or buf.numel() < end:
-            grown = torch.empty(max(end, 2 * (buf.numel() if buf is not None else 0), 256), dtype=torch.long,
-                                device=self.device)
-            if buf is not None:
-                grown[:start] = buf[:start]
-            buf = self._positions[slot] = grown
-        buf[start:end] = new
-
     def commit(self, batch: BatchInfo) -> None:
         """Advances the stored lengths after a successful step."""
         for slot, n in zip(batch.slots, batch.num_new):
@@ -250,11 +247,6 @@ class StateStore:
         kv_pos = self.prepare(batch)
         yield kv_pos
         self.commit(batch)
-
-    def kv_positions(self, slot: int, length: int) -> torch.Tensor:
-        """Flat cache positions [length] of the first `length` tokens of `slot` (a device view, reserved by
-        `prepare`)."""
-        return self._positions[slot][:length]
 
     def memory_bytes(self) -> dict[str, int]:
         return {

@@ -136,6 +136,15 @@ class DecodeGraphRunner(StepModel):
         logits = self.replay(tokens, batch, logits_index) if store is self.store else None
         return logits if logits is not None else self.model.step(tokens, batch, store, logits_index)
 
+    def release(self) -> None:
+        """Drops the graphs, their memory pool and the store. Under tensor parallelism this must happen before the
+        NCCL process group is destroyed: graphs that still hold captured collectives make
+        `destroy_process_group` wait forever (seen on 2 GPUs)."""
+        if self.graphs and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.store = None
+        self.batches, self.graphs, self.outputs, self.pool = {}, {}, {}, None
+
     # ------------------------------------------------------------------ graphs
     def size_for(self, n: int) -> int | None:
         """The graph size a batch of n sequences runs in (None: larger than every graph)."""

@@ -124,7 +124,14 @@ def _lead(model: StepModel, channel: Channel, leader: Callable[[LockstepModel], 
             signal.signal(signal.SIGTERM, previous)
 
 
+def _release(model: StepModel) -> None:
+    """Frees what must go before the process group is destroyed: CUDA graphs with captured NCCL collectives."""
+    if isinstance(model, DecodeGraphRunner):
+        model.release()
+
+
 def _run_rank(spec: WorldSpec, leader: Callable[[LockstepModel], T]) -> T | None:
+    model: StepModel | None = None
     try:
         model, channel = join_world(spec)
         if dist.get_rank() == 0:
@@ -132,6 +139,8 @@ def _run_rank(spec: WorldSpec, leader: Callable[[LockstepModel], T]) -> T | None
         follow(model, channel)
         return None
     finally:
+        if model is not None:
+            _release(model)
         if dist.is_initialized():  # also ends the followers' wait when rank 0 fails before the shutdown message
             dist.destroy_process_group()
 
@@ -150,7 +159,10 @@ def _follower_main(spec: WorldSpec) -> None:
     """A follower process started by run_sharded (torchrun's environment is set by launch._entry)."""
     _follower_signals(sigterm=False)
     model, channel = join_world(spec)
-    follow(model, channel)
+    try:
+        follow(model, channel)
+    finally:
+        _release(model)  # launch._entry destroys the process group next
 
 
 def _watch(followers: list[mp.Process], stopping: threading.Event) -> None:
