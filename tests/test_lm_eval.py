@@ -35,23 +35,24 @@ SERVED_NAME = "tiny-lm-eval"
 # lm_eval's max_length: requests of at most MAX_LENGTH - 1 tokens (it keeps one for the token it asks the server to
 # generate) and rolling windows of MAX_LENGTH - 2 predicted tokens, so every document of TEXT_TASK is one window.
 MAX_LENGTH = 256
+# Prompts per /v1/completions request: several, so that the server's batch of prompts and the order of its choices
+# are exercised too (the 18 choices of CHOICE_TASK make 5 requests; a rolling document is one request).
+BATCH_SIZE = 4
 # Both sides are fp32 on the CPU, but the server computes the logits through its own path (chunked prefill, paged
 # KV cache, the lightning attention's recurrent form), the reference through one full forward: the reduction orders
 # may differ, which moves a token's logprob by ~1e-5 at most (test_server_prompt_logprobs checks each token at 1e-4).
 # A sum over n tokens is compared at n times that bound. (On this tiny model the two agree exactly today.)
 TOKEN_ABS_TOL = 1e-4
-# word_perplexity = exp(-sum(ll) / words): an absolute error e of the summed ll is a relative error e / words.
-PERPLEXITY_REL_TOL = 1e-4
 
 
 def lm_eval_command(url: str, tokenizer_dir: Path, output_dir: Path) -> list[str]:
     """The README's lm_eval command line: token-id requests (lm_eval tokenizes with the checkpoint's tokenizer,
-    read from its directory, so nothing is fetched from the hub), one prompt per request."""
+    read from its directory, so nothing is fetched from the hub), up to BATCH_SIZE prompts per request."""
     model_args = ",".join([f"model={SERVED_NAME}", f"base_url={url}/v1/completions",
                            "tokenizer_backend=huggingface", f"tokenizer={tokenizer_dir}",
                            "tokenized_requests=True", f"max_length={MAX_LENGTH}"])
     return [sys.executable, "-m", "lm_eval", "run", "--model", "local-completions", "--model_args", model_args,
-            "--tasks", f"{CHOICE_TASK},{TEXT_TASK}", "--include_path", str(TASK_DIR),
+            "--batch_size", str(BATCH_SIZE), "--tasks", f"{CHOICE_TASK},{TEXT_TASK}", "--include_path", str(TASK_DIR),
             "--log_samples", "--output_path", str(output_dir)]
 
 
@@ -151,7 +152,7 @@ def test_rolling_loglikelihood_matches_in_process_scores(
     assert [s["doc_id"] for s in samples] == list(range(len(docs)))
     bos = tokenizer.token_to_id(BOS)  # lm_eval's prefix token: the tokenizer's bos_token
     assert bos is not None
-    total_ll, total_words, total_bytes = 0.0, 0, 0
+    total_ll, total_tokens, total_words, total_bytes = 0.0, 0, 0, 0
     for doc, sample in zip(docs, samples):
         ids = tokenizer.encode(doc["text"])
         assert len(ids) <= MAX_LENGTH - 2  # one rolling window: every token scored given BOS + all before it
@@ -160,9 +161,13 @@ def test_rolling_loglikelihood_matches_in_process_scores(
         assert float(got) == pytest.approx(expected, abs=TOKEN_ABS_TOL * len(ids))
         words, size = len(doc["text"].split()), len(doc["text"].encode())
         assert sample["word_perplexity"][1] == words and sample["byte_perplexity"][1] == size
-        total_ll, total_words, total_bytes = total_ll + expected, total_words + words, total_bytes + size
+        total_ll, total_tokens = total_ll + expected, total_tokens + len(ids)
+        total_words, total_bytes = total_words + words, total_bytes + size
     results = lm_eval_output["results"][TEXT_TASK]
+    # An error e <= TOKEN_ABS_TOL * total_tokens of the summed ll is a relative error ~e / words of the word
+    # perplexity exp(-ll / words), and an absolute error e / (bytes ln 2) of bits per byte -ll / (bytes ln 2).
+    ll_tol = TOKEN_ABS_TOL * total_tokens
     assert results["word_perplexity,none"] == pytest.approx(math.exp(-total_ll / total_words),
-                                                            rel=PERPLEXITY_REL_TOL)
+                                                            rel=ll_tol / total_words)
     assert results["bits_per_byte,none"] == pytest.approx(-total_ll / total_bytes / math.log(2),
-                                                          rel=PERPLEXITY_REL_TOL)
+                                                          abs=ll_tol / total_bytes / math.log(2))
