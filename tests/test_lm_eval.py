@@ -33,8 +33,10 @@ TASK_DIR = REPO / "tests" / "data" / "lm_eval"
 CHOICE_TASK, TEXT_TASK = "minimax01_tiny_choice", "minimax01_tiny_text"
 SERVED_NAME = "tiny-lm-eval"
 # lm_eval's max_length: requests of at most MAX_LENGTH - 1 tokens (it keeps one for the token it asks the server to
-# generate) and rolling windows of MAX_LENGTH - 2 predicted tokens, so every document of TEXT_TASK is one window.
-MAX_LENGTH = 256
+# generate; every request of CHOICE_TASK fits, none is truncated) and rolling windows of WINDOW = MAX_LENGTH - 2
+# tokens (one more for the context), small enough that the documents of TEXT_TASK take one, two and three windows.
+MAX_LENGTH = 48
+WINDOW = MAX_LENGTH - 2
 # Prompts per /v1/completions request: several, so that the server's batch of prompts and the order of its choices
 # are exercised too (the 18 choices of CHOICE_TASK make 5 requests; a rolling document is one request).
 BATCH_SIZE = 4
@@ -116,6 +118,20 @@ def score(model: MiniMaxForCausalLM, context: list[int], continuation: list[int]
     return float(chosen.double().sum()), bool((logprobs.argmax(dim=-1) == target).all())
 
 
+def rolling_loglikelihood(model: MiniMaxForCausalLM, bos: int, ids: list[int]) -> tuple[float, int]:
+    """(loglikelihood of the document `ids`, windows) as lm_eval's loglikelihood_rolling scores it: each token
+    once, BOS before the first; a window scores the next (up to) WINDOW tokens and sees the WINDOW tokens before
+    its last one, so the last window's context reaches back into tokens already scored."""
+    seq = [bos] + ids  # seq[k + 1] is ids[k]
+    total, done, windows = 0.0, 0, 0
+    while done < len(ids):
+        end = min(len(ids), done + WINDOW)  # this window scores ids[done:end] = seq[done + 1:end + 1]
+        start = max(0, end - WINDOW)  # ... from the inputs seq[start:end]
+        total += score(model, seq[start:done + 1], seq[done + 1:end + 1])[0]
+        done, windows = end, windows + 1
+    return total, windows
+
+
 def read_jsonl(name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (TASK_DIR / name).read_text().splitlines()]
 
@@ -132,6 +148,7 @@ def test_multiple_choice_matches_in_process_scores(lm_eval_output: dict[str, Any
         assert all(r["arg_0"] == f"Question: {doc['question']}\nAnswer:" for r in requests)
         assert [r["arg_1"] for r in requests] == [f" {c}" for c in doc["choices"]]
         pairs = [encode_pair(tokenizer, r["arg_0"], r["arg_1"]) for r in requests]
+        assert all(len(c) + len(k) <= MAX_LENGTH - 1 for c, k in pairs)  # lm_eval truncated nothing
         expected = [score(model, *pair) for pair in pairs]
         # Logged as strings: [[loglikelihood, is_greedy], ...] per choice.
         got = [(float(ll), greedy == "True") for ll, greedy in sample["filtered_resps"]]
@@ -153,16 +170,18 @@ def test_rolling_loglikelihood_matches_in_process_scores(
     bos = tokenizer.token_to_id(BOS)  # lm_eval's prefix token: the tokenizer's bos_token
     assert bos is not None
     total_ll, total_tokens, total_words, total_bytes = 0.0, 0, 0, 0
+    windows = set()
     for doc, sample in zip(docs, samples):
         ids = tokenizer.encode(doc["text"])
-        assert len(ids) <= MAX_LENGTH - 2  # one rolling window: every token scored given BOS + all before it
-        expected, _ = score(model, [bos], ids)
+        expected, n_windows = rolling_loglikelihood(model, bos, ids)
+        windows.add(n_windows)
         (got,) = sample["filtered_resps"]
         assert float(got) == pytest.approx(expected, abs=TOKEN_ABS_TOL * len(ids))
         words, size = len(doc["text"].split()), len(doc["text"].encode())
         assert sample["word_perplexity"][1] == words and sample["byte_perplexity"][1] == size
         total_ll, total_tokens = total_ll + expected, total_tokens + len(ids)
         total_words, total_bytes = total_words + words, total_bytes + size
+    assert windows == {1, 2, 3}  # the data covers a single window, a short last window and a middle one
     results = lm_eval_output["results"][TEXT_TASK]
     # An error e <= TOKEN_ABS_TOL * total_tokens of the summed ll is a relative error ~e / words of the word
     # perplexity exp(-ll / words), and an absolute error e / (bytes ln 2) of bits per byte -ll / (bytes ln 2).
