@@ -6,10 +6,6 @@ prompt comes from the checkpoint's own template, written here from M1's publishe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +14,7 @@ import httpx
 import pytest
 
 from forced_output import write_forced_checkpoint
-from test_server import wait_until_healthy
+from server_process import serve_cli
 
 BOS, EOS = "<beginning_of_sentence>", "<end_of_sentence>"
 M1_GEN_PROMPT = f"{BOS}ai name=MiniMax AI\n"
@@ -76,20 +72,11 @@ def serve(checkpoint: Path, log: Path, *flags: str) -> Iterator[Any]:
     """`minimax01 serve` on a free port; yields an openai client once /health answers."""
     from openai import OpenAI
 
-    from minimax01.parallel.launch import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "minimax01", "serve", "--model", str(checkpoint), "--port", str(port),
-           "--dtype", "fp32", "--device", "cpu", "--max-model-len", "1024", "--served-model-name", MODEL, *flags]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
+    urls = serve_cli(checkpoint, log, "--max-model-len", "1024", "--served-model-name", MODEL, *flags)
     try:
-        wait_until_healthy(proc, url, log, 120)  # start-up only; generous so that a busy machine does not fail it
-        yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        yield OpenAI(base_url=f"{next(urls)}/v1", api_key="unused", max_retries=0, timeout=120)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        urls.close()  # stops the server now, not whenever the generator is collected
 
 
 @pytest.fixture(scope="module")

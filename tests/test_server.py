@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import bisect
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from server_process import server_process
 
 TRIGGER = "TOOL-TRIGGER"
 CRASH = "CRASH-TRIGGER"  # a prompt containing it makes the model raise (engine failure path)
@@ -125,42 +124,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory)
 
 
-def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, limit_s: float) -> None:
-    """Until the server process answers /health (fails the test if it exits or is not up after `limit_s`)."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-
-
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Iterator[str]:
     """Runs the server script; yields its base URL once /health answers; stops it afterwards."""
-    from minimax01.parallel.launch import free_port
-
-    port = free_port()
-    with open(log, "w") as out:
-        # One intra-op thread: the tiny model's ops are too small to gain from more, and on a busy 2-core machine
-        # spinning OpenMP threads slow every step down by an order of magnitude.
-        proc = subprocess.Popen([sys.executable, __file__, "--model", str(checkpoint), "--port", str(port), *extra],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(proc, url, log, 60)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from server_process([__file__, "--model", str(checkpoint), *extra], log, 60)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from test_server import MODEL, start_server, tiny_checkpoint
+from test_server import GEN_PROMPT, MODEL, SCRIPTS, TRIGGER, start_server, tiny_checkpoint
 
 from minimax01.server.openai_format import token_key
 
@@ -96,6 +96,24 @@ def test_lm_eval_loglikelihood_request(http: httpx.Client, served: tuple[Any, An
         greedy = all(int(ref[q - 1].argmax()) == ids[q] for q in range(len(context), end))
         tokens = choice["logprobs"]["tokens"]
         assert all(max(tops[q], key=tops[q].get) == tokens[q] for q in range(len(context), end)) == greedy
+
+
+def test_lm_eval_request_whose_generated_token_is_eos(http: httpx.Client, served: tuple[Any, Any]) -> None:
+    """lm-evaluation-harness drops the last logprobs entry as the one generated token (token_logprobs[ctxlen:-1]).
+    When that token is EOS, the request stops, and the entry must still be there (the text hides EOS, the logprobs
+    do not), or the continuation's last token would be dropped instead. The scripted model writes EOS here."""
+    tokenizer = served[1]
+    prompt = f"{TRIGGER} {GEN_PROMPT}{SCRIPTS[0]}"  # the whole script is written: the model's next token is EOS
+    ids = tokenizer.encode(prompt)
+    resp = http.post("/v1/completions", json={"model": MODEL, "prompt": [ids], "echo": True, "logprobs": 1,
+                                              "max_tokens": 1, "temperature": 0})
+    assert resp.status_code == 200, resp.text
+    (choice,) = resp.json()["choices"]
+    assert choice["finish_reason"] == "stop" and choice["text"] == prompt
+    lp = choice["logprobs"]
+    assert len(lp["token_logprobs"]) == len(lp["tokens"]) == len(ids) + 1
+    assert lp["tokens"][-1] == token_key(tokenizer, tokenizer.eos_token_id)
+    assert lp["token_logprobs"][-1] == pytest.approx(0.0, abs=1e-3)  # the scripted logits make EOS certain
 
 
 def test_streamed_echo_equals_non_streamed(client: Any) -> None:
