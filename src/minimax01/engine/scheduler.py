@@ -168,7 +168,7 @@ class Scheduler:
         # included) would take, so that their next decode step does not have to preempt the request admitted now
         # (thrashing). Counting exactly, not one block per sequence: a pool sized for max_num_seqs full-length
         # sequences must admit all of them.
-        ahead = self._next_token_blocks(chunks)
+        ahead = self._next_token_blocks(chunks) if self.waiting and not preempted else 0  # only admission uses it
         while not preempted and self.waiting and budget > 0 and self.store.num_free_slots > 0:
             req = self.waiting[0]
             n = min(req.num_pending, budget)

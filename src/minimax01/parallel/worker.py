@@ -15,11 +15,9 @@ import torch
 import torch.distributed as dist
 
 from minimax01.causal_lm import MiniMaxForCausalLM
+from minimax01.dtypes import DTYPES
 from minimax01.parallel.group import init_distributed
 from minimax01.parallel.loading import init_parallel_model
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-
 
 @dataclass
 class GreedyResult:
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--tp", type=int, default=None, help="attention tensor-parallel degree (default: all ranks)")
     p.add_argument("--ep", type=int, default=1, help="expert groups (default 1: experts split by intermediate dim)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--prompt", default="Hello", help="text, encoded with the checkpoint's tokenizer")
     p.add_argument("--input-ids", default=None, help="comma-separated token ids (instead of --prompt)")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     init_distributed()
     tp = args.tp or dist.get_world_size()
-    model = init_parallel_model(args.model, tp, args.ep, _DTYPES[args.dtype], model_cls=MiniMaxForCausalLM)
+    model = init_parallel_model(args.model, tp, args.ep, DTYPES[args.dtype], model_cls=MiniMaxForCausalLM)
     load_s = time.perf_counter() - t0
     tokenizer = None
     if args.input_ids is not None:

@@ -1,9 +1,9 @@
 """AsyncEngine: the synchronous LLMEngine driven by ONE background thread, fed from asyncio.
 
-The engine is not thread-safe and its `step()` blocks for a whole model forward, so it must not run on the event
-loop. Every engine call (add_request, abort, step, stats) happens on the engine thread; the event loop only puts
-commands into a thread-safe deque and receives outputs through per-call asyncio queues
-(`loop.call_soon_threadsafe`). Between two steps the thread applies all pending commands, which is exactly where
+The engine's `step()` blocks for a whole model forward, so it must not run on the event loop. The engine takes a
+lock around each call, but one thread driving it keeps the order of commands and steps simple: every engine call
+(add_request, abort, step, stats) happens on the engine thread; the event loop only puts commands into a
+thread-safe deque and receives outputs through per-call asyncio queues (`loop.call_soon_threadsafe`). Between two steps the thread applies all pending commands, which is exactly where
 continuous batching lets requests join and leave.
 
 Cancellation: `Generation.abort()` (called when its iteration ends early, is cancelled, or explicitly by the
