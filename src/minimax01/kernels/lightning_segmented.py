@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01.kernels import lightning_triton
+from minimax01.kernels.lightning_triton import prefill
 from minimax01.kernels.triton_common import num_sms
 
 SEGMENT_QUANTUM = 256  # segments are whole reference blocks (and whole 64-token kernel chunks)
@@ -100,8 +100,7 @@ def prefill_segmented(
     seg_cu_t, seq_seg_t = plan[:G + 1], plan[G + 1:]
     seg_slots = torch.arange(G, device=q.device)
     seg_states = torch.zeros(G, H, D, E, dtype=torch.float32, device=q.device)  # [G, H, D, E]
-    lightning_triton.prefill(q, k, v, decay, seg_cu_t, seg_states, seg_slots, max_len=segment,
-                             state_only=True, **config)
+    prefill(q, k, v, decay, seg_cu_t, seg_states, seg_slots, max_len=segment, state_only=True, **config)
     block_e = min(SCAN_BLOCK_E, E)
     _segment_scan_kernel[(len(cu_seqlens) - 1, H, E // block_e)](
         decay, seg_cu_t, seq_seg_t, seg_states, states, slots,
@@ -109,4 +108,4 @@ def prefill_segmented(
         D=D, E=E, BE=block_e,
     )
     # The outputs' pass writes its final states into seg_states (discarded): the scan already wrote the slots.
-    return lightning_triton.prefill(q, k, v, decay, seg_cu_t, seg_states, seg_slots, max_len=segment, **config)
+    return prefill(q, k, v, decay, seg_cu_t, seg_states, seg_slots, max_len=segment, **config)
