@@ -40,6 +40,13 @@ LENGTHS = (600,) if SMOKE else (4096, 32768, 131072, 524288)
 SEGMENTS = (256,) if SMOKE else (1024, 2048, 4096, 8192, 16384)
 E, HID, INTER, TOPK = (4, 64, 96, 2) if SMOKE else (32, 6144, 9216, 2)
 TOKENS = (40,) if SMOKE else (512, 1024, 2048, 4096, 8192, 16384)
+# Tile configurations of the grouped Triton kernels tried besides their own choice (moe_triton._config), at the
+# token counts where the choice is between the compute-bound paths.
+TRITON_SWEEP = [dict(BM=128, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3),
+                dict(BM=128, BN=128, BK=64, GROUP_M=16, num_warps=8, num_stages=4),
+                dict(BM=64, BN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=4),
+                dict(BM=128, BN=128, BK=128, GROUP_M=8, num_warps=8, num_stages=2)]
+SWEEP_TOKENS = (40,) if SMOKE else (2048, 4096, 16384)
 
 
 def timed(fn) -> float:
@@ -150,6 +157,11 @@ def moe_section(roof: dict, rows: dict) -> None:
         for name, fn in paths.items():
             row[f"{name}_ms"] = ms = timed(lambda: fn(x, w, ids, w13, w2))
             row[f"{name}_tflops"] = flops / ms / 1e9
+        if t in SWEEP_TOKENS:  # reported only: phase 2 may adopt a config that wins into moe_triton._config
+            sweep = {str(cfg): timed(lambda: moe_triton.triton_experts(x, w, ids, w13, w2, dict(cfg)))
+                     for cfg in TRITON_SWEEP}
+            best_cfg = min(sweep, key=lambda c: sweep[c] if not math.isnan(sweep[c]) else math.inf)
+            row.update(grouped_sweep_best_ms=sweep[best_cfg], grouped_sweep_best_cfg=best_cfg)
         times = {name: row[f"{name}_ms"] for name in paths if not math.isnan(row.get(f"{name}_ms", math.nan))}
         if times:
             best = min(times, key=times.get)
