@@ -127,7 +127,6 @@ def lightning_section(roof: dict, rows: dict) -> None:
             row["auto_speedup_vs_fla"] = row["fla_ms"] / row["segmented_auto_ms"]
         table.append(row)
         print(row, flush=True)
-        del q, k, v
         torch.cuda.empty_cache() if not SMOKE else None
     rows[f"lightning prefill, batch 1, {H} heads x {D}, bf16 in, fp32 state"] = table
 

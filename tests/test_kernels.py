@@ -214,11 +214,14 @@ def test_moe_per_expert_path() -> None:
         BF16_FACTOR * rel(experts_ref(x, w, ids, w13, w2), ref64) + 1e-4
 
 
-def test_lightning_prefill_rule() -> None:
-    """The segmented prefill runs from LIGHTNING_SEGMENTED_MIN_LEN tokens in the longest sequence."""
+def test_lightning_prefill_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The segmented prefill runs from LIGHTNING_SEGMENTED_MIN_LEN tokens in the longest sequence (None: never)."""
     q = torch.zeros(4, HEADS, DIM, device=DEV)
     st = torch.zeros(1, HEADS, DIM, DIM, device=DEV)
     with kernels.use_backend("triton"):
+        monkeypatch.setattr(dispatch, "LIGHTNING_SEGMENTED_MIN_LEN", None)
+        assert dispatch.select("lightning_prefill", q, q, st, 10**6) == "triton"
+        monkeypatch.setattr(dispatch, "LIGHTNING_SEGMENTED_MIN_LEN", 4096)
         assert dispatch.select("lightning_prefill", q, q, st, dispatch.LIGHTNING_SEGMENTED_MIN_LEN) == "segmented"
         assert dispatch.select("lightning_prefill", q, q, st, dispatch.LIGHTNING_SEGMENTED_MIN_LEN - 1) == "triton"
     with kernels.use_backend("torch"):

@@ -1,7 +1,7 @@
 """Segmented lightning prefill (kernels/lightning_segmented.py) against the fp64 block reference.
 
-Tolerances as in test_kernels.py: fp32 inputs run the same arithmetic in another order (the segment states are
-summed per segment, then combined by S = λ^L·S_in + S_seg, instead of one running sum), so ‖err‖/‖ref‖ ≤ 1e-5
+Tolerances as in test_kernels.py: fp32 inputs run the same arithmetic in another order (the segment states
+are summed per segment, then combined by S = λ^L·S_in + S_seg, instead of one running sum): ‖err‖/‖ref‖ ≤ 1e-5
 under the interpreter (fp32 dots) and 5e-3 on CUDA (fp32 dots in tf32: 2^-11 per operand, ~1e-3 after the
 K-long sums). A wrong segment boundary, a missing λ^L or a state taken from the wrong segment is an O(1) error.
 """
@@ -78,3 +78,30 @@ def test_segment_must_be_whole_blocks() -> None:
         seg.prefill_segmented(q, q, q, torch.ones(HEADS, device=DEV), [0, 10],
                               torch.zeros(1, HEADS, DIM, DIM, device=DEV), torch.zeros(1, dtype=torch.long, device=DEV),
                               segment=100)
+
+
+
+def test_dispatch_runs_segmented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernels.lightning_prefill takes the segmented path once the rule allows it (host cu_seqlens, slots)."""
+    import minimax01.kernels as kernels
+    from minimax01.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "LIGHTNING_SEGMENTED_MIN_LEN", 512)
+    calls = []
+    real = seg.prefill_segmented
+    monkeypatch.setattr(seg, "prefill_segmented", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cu, slots = [0, 600, 900], [1, 0]
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(900, HEADS, 3 * DIM, generator=g).sigmoid().to(DEV).split(DIM, dim=-1)
+    decay = layer_decay_rates(HEADS, 13, 16).to(DEV, torch.float32)
+    states = torch.randn(2, HEADS, DIM, DIM, generator=g).to(DEV)
+    states0 = states.clone()
+    with kernels.use_backend("triton"):
+        out = kernels.lightning_prefill(q, k, v, decay, cu, states, slots)
+    assert calls == [1]
+    for b, slot in enumerate(slots):
+        lo, hi = cu[b], cu[b + 1]
+        o64, s64 = lightning_prefill_ref(*[t[lo:hi].transpose(0, 1).double() for t in (q, k, v)], decay.double(),
+                                         states0[slot].double())
+        assert rel(out[lo:hi].transpose(0, 1), o64) <= FP32_TOL
+        assert rel(states[slot], s64) <= FP32_TOL

@@ -30,9 +30,10 @@ HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 # Token counts up to which the per-token expert GEMVs (moe_decode.py) beat the sorted grouped kernels.
 GEMV_MAX_TOKENS = 2
-# Longest sequence from which the segmented lightning prefill (lightning_segmented.py) runs instead of the
-# single walk per (sequence, head); bench/prefill_kernels.py measures both (docs/kernels.md).
-LIGHTNING_SEGMENTED_MIN_LEN = 4096
+# Longest sequence (tokens) from which the segmented lightning prefill (lightning_segmented.py) runs instead of
+# the single walk per (sequence, head); None: never. Off until bench/prefill_kernels.py has timed both on a GPU
+# machine (docs/kernels.md): set it to the shortest length from which the segmented rows win.
+LIGHTNING_SEGMENTED_MIN_LEN: int | None = None
 # Largest number of rows the w8a16 Triton GEMM takes. Above it the torch path wins: its cast costs 3 bytes per
 # weight (≈ 50 µs for 6144 x 8192 on an H100) on top of a cuBLAS GEMM that stays at the bf16 weight-read time
 # up to M ≈ 256, while the kernel's time grows with M (H100, bench/results/quant-2026-11-25: 77 µs at M = 128
@@ -133,7 +134,8 @@ def _lightning(triton: bool, q: torch.Tensor, v: torch.Tensor, states: torch.Ten
 
 def _lightning_prefill(triton: bool, q: torch.Tensor, v: torch.Tensor, states: torch.Tensor, max_len: int) -> str:
     impl = _lightning(triton, q, v, states)
-    return "segmented" if impl == "triton" and max_len >= LIGHTNING_SEGMENTED_MIN_LEN else impl
+    on = LIGHTNING_SEGMENTED_MIN_LEN is not None and max_len >= LIGHTNING_SEGMENTED_MIN_LEN
+    return "segmented" if impl == "triton" and on else impl
 
 
 def _moe_route(triton: bool, logits: torch.Tensor) -> str:
