@@ -129,6 +129,9 @@ def lightning_section(roof: dict, rows: dict) -> None:
         print(row, flush=True)
         torch.cuda.empty_cache() if not SMOKE else None
     rows[f"lightning prefill, batch 1, {H} heads x {D}, bf16 in, fp32 state"] = table
+    wins = [r["n"] for r in table if r["segmented_auto_ms"] < r["walk_ms"]]  # NaN compares false
+    print("\n# dispatch.LIGHTNING_SEGMENTED_MIN_LEN (shortest measured length from which the automatic segment "
+          "size beats the single walk; None: it never did):", min(wins, default=None))
 
 
 # ------------------------------------------------------------------------------------------- MoE
