@@ -22,7 +22,7 @@ import torch
 # Assignments per expert from which torch._grouped_mm (CUTLASS) beats the grouped Triton kernels (the bf16
 # experts' default where kernels/moe_prefill_choice.py has no measurement); the int8 experts take their
 # per-expert torch GEMMs from there on.
-from minimax01.kernels.moe_prefill_choice import GROUPED_MM_MIN_ROWS_PER_EXPERT
+from minimax01.kernels.moe_prefill_choice import GROUPED_MM_MIN_ROWS_PER_EXPERT, choose
 
 BACKENDS = ("auto", "torch", "triton")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # fp64 is the tests' oracle dtype: torch
@@ -151,8 +151,6 @@ def _moe_experts(triton: bool, x: torch.Tensor, ids: torch.Tensor, w13: torch.Te
         if moe_triton.supported(x.shape[1], w2.shape[2]):
             if x.shape[0] <= GEMV_MAX_TOKENS:  # weight streaming without the sort (decode, small batch)
                 return "gemv"
-            from minimax01.kernels.moe_prefill_choice import choose
-
             return choose(x.device, x.shape[0], w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1],
                           grouped_mm=grouped_mm_available(x.device), may_sync=not capturing(x.device))
     return "dense" if capturing(x.device) else "torch"  # the reference syncs (unique, nonzero)
