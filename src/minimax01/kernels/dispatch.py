@@ -19,15 +19,21 @@ from dataclasses import dataclass
 
 import torch
 
+# Assignments per expert from which torch._grouped_mm (CUTLASS) beats the grouped Triton kernels (the bf16
+# experts' default where kernels/moe_prefill_choice.py has no measurement); the int8 experts take their
+# per-expert torch GEMMs from there on.
+from minimax01.kernels.moe_prefill_choice import GROUPED_MM_MIN_ROWS_PER_EXPERT, choose
+
 BACKENDS = ("auto", "torch", "triton")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # fp64 is the tests' oracle dtype: torch
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 # Token counts up to which the per-token expert GEMVs (moe_decode.py) beat the sorted grouped kernels.
 GEMV_MAX_TOKENS = 2
-# Assignments per expert from which torch._grouped_mm (CUTLASS) beats the grouped Triton kernels; the int8
-# experts take their per-expert torch GEMMs from there on.
-GROUPED_MM_MIN_ROWS_PER_EXPERT = 64
+# Longest sequence (tokens) from which the segmented lightning prefill (lightning_segmented.py) runs instead of
+# the single walk per (sequence, head); None: never. Off until bench/prefill_kernels.py has timed both on a GPU
+# machine (docs/kernels.md): set it to the shortest length from which the segmented rows win.
+LIGHTNING_SEGMENTED_MIN_LEN: int | None = None
 # Largest number of rows the w8a16 Triton GEMM takes. Above it the torch path wins: its cast costs 3 bytes per
 # weight (≈ 50 µs for 6144 x 8192 on an H100) on top of a cuBLAS GEMM that stays at the bf16 weight-read time
 # up to M ≈ 256, while the kernel's time grows with M (H100, bench/results/quant-2026-11-25: 77 µs at M = 128
@@ -126,6 +132,12 @@ def _lightning(triton: bool, q: torch.Tensor, v: torch.Tensor, states: torch.Ten
     return "triton" if lightning_triton.supported(q.shape[-1], v.shape[-1]) else "torch"
 
 
+def _lightning_prefill(triton: bool, q: torch.Tensor, v: torch.Tensor, states: torch.Tensor, max_len: int) -> str:
+    impl = _lightning(triton, q, v, states)
+    on = LIGHTNING_SEGMENTED_MIN_LEN is not None and max_len >= LIGHTNING_SEGMENTED_MIN_LEN
+    return "segmented" if impl == "triton" and on else impl
+
+
 def _moe_route(triton: bool, logits: torch.Tensor) -> str:
     ok = triton and logits.dtype in KERNEL_DTYPES and logits.shape[-1] <= ROUTE_MAX_EXPERTS
     return "triton" if ok else "torch"
@@ -139,9 +151,8 @@ def _moe_experts(triton: bool, x: torch.Tensor, ids: torch.Tensor, w13: torch.Te
         if moe_triton.supported(x.shape[1], w2.shape[2]):
             if x.shape[0] <= GEMV_MAX_TOKENS:  # weight streaming without the sort (decode, small batch)
                 return "gemv"
-            if ids.numel() >= GROUPED_MM_MIN_ROWS_PER_EXPERT * w13.shape[0] and grouped_mm_available(x.device):
-                return "grouped_mm"
-            return "grouped"
+            return choose(x.device, x.shape[0], w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1],
+                          grouped_mm=grouped_mm_available(x.device), may_sync=not capturing(x.device))
     return "dense" if capturing(x.device) else "torch"  # the reference syncs (unique, nonzero)
 
 
@@ -195,7 +206,7 @@ def _rms_norm_gate(triton: bool, x: torch.Tensor, gate_logits: torch.Tensor, wei
 
 
 RULES: dict[str, Callable[..., str]] = {
-    "lightning_prefill": _lightning,  # (q, v, states)
+    "lightning_prefill": _lightning_prefill,  # (q, v, states, max_len)
     "lightning_decode": _lightning,  # (q, v, states)
     "moe_route": _moe_route,  # (logits)
     "moe_experts": _moe_experts,  # (x, ids, w13, w2)

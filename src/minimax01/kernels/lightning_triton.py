@@ -34,8 +34,10 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_ss, stride_sh,
     D: tl.constexpr, E: tl.constexpr, BE: tl.constexpr, C: tl.constexpr, INTER_BF16: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    STATE_ONLY: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    # STATE_ONLY: only the state recurrence (no Q read, no output): the segment states of
+    # lightning_segmented.py, which reads K and V alone.
     b = tl.program_id(0)
     h = tl.program_id(1)
     eb = tl.program_id(2)
@@ -63,7 +65,6 @@ def _prefill_kernel(
         rows = c0 + offs_c
         mask = (rows < end)[:, None]
         r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
-        qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
         # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
         # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
         kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
@@ -72,18 +73,22 @@ def _prefill_kernel(
         # λ^(m-1-t); rows past the end are zero in kT, the maximum keeps exp() from overflowing there.
         k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
         kdT = cast(kT.to(tl.float32) * k_decay[None, :], kT.dtype, INTERPRET)
-        # The three products that do not depend on each other are issued back to back so that the
-        # asynchronous tensor-core ops overlap (measured at BE = 64, 4 warps: 1.68 -> 1.22 ms at 32 K,
-        # 25.6 -> 16.9 ms at 512 K).
-        if INTER_BF16:  # S rounded to bf16 for this product only (the carried state stays fp32)
-            inter = dot(cast(qi.to(tl.float32) * q_decay[:, None], tl.bfloat16, INTERPRET),
-                        cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
+        if STATE_ONLY:
+            upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
         else:
-            inter = dot(qi.to(tl.float32) * q_decay[:, None], S, None, INTERPRET)
-        upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
-        qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
-        o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, inter, INTERPRET)
-        tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
+            qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
+            # The three products that do not depend on each other are issued back to back so that the
+            # asynchronous tensor-core ops overlap (measured at BE = 64, 4 warps: 1.68 -> 1.22 ms at 32 K,
+            # 25.6 -> 16.9 ms at 512 K).
+            if INTER_BF16:  # S rounded to bf16 for this product only (the carried state stays fp32)
+                inter = dot(cast(qi.to(tl.float32) * q_decay[:, None], tl.bfloat16, INTERPRET),
+                            cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
+            else:
+                inter = dot(qi.to(tl.float32) * q_decay[:, None], S, None, INTERPRET)
+            upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
+            qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
+            o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, inter, INTERPRET)
+            tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
         S = S * tl.exp(-s * m) + upd
 
     tl.store(st_ptrs, S)
@@ -146,8 +151,9 @@ def prefill(
     states: torch.Tensor,  # [slots, H, D, E] fp32, read and written in place
     slots: torch.Tensor,  # [B] int64 on q.device
     max_len: int | None = None,  # longest sequence (None: T), picks the value split
+    state_only: bool = False,  # only advance the states (no output; q is not read): returns None
     **config: int | bool,  # overrides: block_e, chunk, num_warps, num_stages (prefill_config), inter_bf16
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Varlen lightning prefill; returns o [T, H, E] in q.dtype and updates states[slots]."""
     T, H, D = q.shape
     E = v.shape[-1]
@@ -162,13 +168,13 @@ def prefill(
     if q.element_size() > 2 and "num_stages" not in config:
         cfg["num_stages"] -= 1
     block_e = min(int(cfg["block_e"]), E)
-    out = torch.empty(T, H, E, dtype=q.dtype, device=q.device)
+    out = torch.empty(0 if state_only else T, H, E, dtype=q.dtype, device=q.device)
     _prefill_kernel[(slots.shape[0], H, E // block_e)](
         q, k, v, out, decay, cu_seqlens, slots, states,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         states.stride(0), states.stride(1),
         D=D, E=E, BE=block_e, C=cfg["chunk"], INTER_BF16=cfg["inter_bf16"],
-        INTERPRET=interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        STATE_ONLY=state_only, INTERPRET=interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 

@@ -34,16 +34,22 @@ def lightning_prefill(
 ) -> torch.Tensor:
     """Chunked lightning attention for several sequences, each continuing from its slot's state.
     Returns o [T, H, E] in q.dtype; the final states are written back to `states[slots]`."""
-    if select("lightning_prefill", q, v, states) == "triton":
-        import minimax01.kernels.lightning_triton as lightning_triton
-
+    max_len = max((b - a for a, b in zip(cu_seqlens, cu_seqlens[1:])), default=0)
+    impl = select("lightning_prefill", q, v, states, max_len)
+    if impl in ("triton", "segmented"):
         dev = q.device
-        if cu_seqlens_t is None:
-            cu_seqlens_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=dev)
         if slots_t is None:
             slots_t = torch.tensor(slots, dtype=torch.int64, device=dev)
-        return lightning_triton.prefill(q, k, v, decay.to(dev, torch.float32), cu_seqlens_t, states, slots_t,
-                                        max_len=max(b - a for a, b in zip(cu_seqlens, cu_seqlens[1:])))
+        decay = decay.to(dev, torch.float32)
+        if impl == "segmented":
+            import minimax01.kernels.lightning_segmented as lightning_segmented
+
+            return lightning_segmented.prefill_segmented(q, k, v, decay, cu_seqlens, states, slots_t)
+        import minimax01.kernels.lightning_triton as lightning_triton
+
+        if cu_seqlens_t is None:
+            cu_seqlens_t = torch.tensor(cu_seqlens, dtype=torch.int32, device=dev)
+        return lightning_triton.prefill(q, k, v, decay, cu_seqlens_t, states, slots_t, max_len=max_len)
     out = torch.empty_like(v)
     for b, slot in enumerate(slots):
         lo, hi = cu_seqlens[b], cu_seqlens[b + 1]
@@ -109,6 +115,10 @@ def moe_experts(
 
         run = moe_triton.triton_experts if impl == "grouped" else moe_triton.grouped_mm_experts
         return run(x, weights, ids, w13, w2)
+    if impl == "per_expert":
+        import minimax01.kernels.moe_per_expert as moe_per_expert
+
+        return moe_per_expert.per_expert_experts(x, weights, ids, w13, w2)
     if impl == "dense":
         return experts_dense(x, weights, ids, w13, w2)
     return experts_ref(x, weights, ids, w13, w2)
