@@ -41,6 +41,9 @@ class PrefillConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    # Full K/V tiles through TMA descriptors where BN divides the block size (CUDA only). Off by default until
+    # bench/attention_prefill.py has measured it against the pointer loads on an H200.
+    tma: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
@@ -70,14 +73,19 @@ def _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.
 
 
 @triton.jit
-def _attend_tile(q, acc, m, l, k_base, v_base, bt, t0, pos, L, offs_n, offs_d, scale_log2,
+def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d, scale_log2,
                  stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                 MASKED: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, INTERPRET: tl.constexpr):
+                 MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                 INTERPRET: tl.constexpr):
     """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
-    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
+    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded). TMA (full
+    tiles, BN dividing BS): the tile is rows blk·BS + t0 % BS .. + BN of the pool seen as [blocks·BS, KVH·D]."""
     dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
     tok = t0 + offs_n
-    if MASKED:
+    if TMA:
+        row = tl.load(bt + t0 // BS) * BS + t0 % BS
+        kT = tl.trans(k_desc.load([row, kvh * D]).to(dt))
+    elif MASKED:
         valid = tok < L
         rows_k = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_kblk, stride_ktok, BS, BN)
         rows_v = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_vblk, stride_vtok, BS, BN)
@@ -93,7 +101,9 @@ def _attend_tile(q, acc, m, l, k_base, v_base, bt, t0, pos, L, offs_n, offs_d, s
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
-    if MASKED:
+    if TMA:
+        vt = v_desc.load([row, kvh * D]).to(dt)
+    elif MASKED:
         vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0).to(dt)
     else:
         vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :]).to(dt)  # [BN, D]
@@ -103,11 +113,11 @@ def _attend_tile(q, acc, m, l, k_base, v_base, bt, t0, pos, L, offs_n, offs_d, s
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, bt_ptr, slot_ptr, cu_ptr, len_ptr, tile_seq_ptr, tile_q0_ptr,
+    q_ptr, k_ptr, v_ptr, k_desc, v_desc, o_ptr, bt_ptr, slot_ptr, cu_ptr, len_ptr, tile_seq_ptr, tile_q0_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
     scale_log2,
-    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -140,13 +150,13 @@ def _prefill_kernel(
     full_end = ((first + 1) // BN) * BN
     last = tl.minimum(first + BQ - 1, L - 1)  # the last query the tile holds (rows past n are not stored)
     for t0 in range(0, full_end, BN):
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, bt, t0, pos, L, offs_n, offs_d, scale_log2,
-                                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=False, BS=BS, BN=BN, INTERPRET=INTERPRET)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, bt, t0, pos, L, offs_n, offs_d, scale_log2,
-                                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=True, BS=BS, BN=BN, INTERPRET=INTERPRET)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=True, TMA=False, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -202,15 +212,25 @@ def prefill(
     if tile_seq.numel() == 0:
         return out
     dev = q.device
+    interp = interpreting()
+    tma = (config.tma and not interp and BS % config.block_n == 0 and k_cache.is_contiguous()
+           and v_cache.is_contiguous())
+    k_desc, v_desc = k_cache, v_cache  # unused placeholders without TMA
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        # [blocks·BS, KVH·D] views: a BN-token tile inside one block is BN consecutive rows of them.
+        k_desc, v_desc = (TensorDescriptor.from_tensor(c.view(-1, KVH * D), [config.block_n, D])
+                          for c in (k_cache, v_cache))
     cu_t = torch.tensor(cu_seqlens, dtype=torch.int32).to(dev, non_blocking=True)
     lens_t = torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True)
     _prefill_kernel[(tile_seq.numel(), KVH)](  # kv head slowest: concurrent programs share its K/V in L2
-        q, k_cache, v_cache, out, block_tables, slots, cu_t, lens_t, tile_seq, tile_q0,
+        q, k_cache, v_cache, k_desc, v_desc, out, block_tables, slots, cu_t, lens_t, tile_seq, tile_q0,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
-        G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, INTERPRET=interpreting(),
+        G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
