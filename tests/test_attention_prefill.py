@@ -31,6 +31,8 @@ FP32_TOL = 5e-3 if CUDA else 1e-5
 # Tiny tiles under the interpreter (BM = 16 rows = 8 tokens × G = 2 heads) so that a short chunk spans several
 # query tiles and several diagonal tiles; the model's table on CUDA.
 CPU_CONFIGS = [prefill.PrefillConfig(16, 16, 4, 1), prefill.PrefillConfig(32, 16, 4, 1)]
+# CUDA: the table's config and its TMA variant (full tiles through descriptors; block size 64 = BN).
+HALF_CONFIGS = [CPU_CONFIGS[0]] if not CUDA else [None, prefill.PrefillConfig(128, 64, 8, 3, tma=True)]
 
 test_relaunch_under_interpreter = relaunch_test(__file__)
 
@@ -84,9 +86,10 @@ def test_matches_reference_varlen_fp32(config: prefill.PrefillConfig | None, blo
     check(LENS, CHUNKS, block_size, torch.float32, config)
 
 
+@pytest.mark.parametrize("config", HALF_CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_matches_reference_half(dtype: torch.dtype) -> None:
-    check(LENS, CHUNKS, 16 if not CUDA else 64, dtype, CPU_CONFIGS[0] if not CUDA else None)
+def test_matches_reference_half(dtype: torch.dtype, config: prefill.PrefillConfig | None) -> None:
+    check(LENS, CHUNKS, 16 if not CUDA else 64, dtype, config)
 
 
 def test_supported_shapes() -> None:

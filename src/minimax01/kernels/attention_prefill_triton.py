@@ -167,8 +167,12 @@ def supported(heads: int, kv_heads: int, head_dim: int, config: PrefillConfig) -
     """Power-of-two head dims ≥ 16 (tl.arange / tl.dot) and a power-of-two GQA group that divides BM into whole
     query tokens (the model: G = 8, BM = 128)."""
     g = heads // kv_heads if kv_heads and heads % kv_heads == 0 else 0
-    pow2 = lambda x: x > 0 and x & (x - 1) == 0  # noqa: E731
-    return head_dim >= 16 and pow2(head_dim) and pow2(g) and config.block_m % g == 0 and config.block_m >= 16
+    return (head_dim >= 16 and _pow2(head_dim) and _pow2(g) and config.block_m % g == 0
+            and config.block_m >= 16)
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
 
 
 def tile_schedule(cu_seqlens: list[int], seq_lens: list[int], tokens_per_tile: int,
@@ -198,7 +202,7 @@ def prefill(
 ) -> torch.Tensor:
     """Returns o [T, H, D] in q.dtype; query head h attends kv head h // (H / KVH). A sequence without queries
     gets no tiles."""
-    T, H, D = q.shape
+    _, H, D = q.shape
     _, BS, KVH, _ = k_cache.shape
     config = config or config_for(D, q.dtype)
     if not supported(H, KVH, D, config):
