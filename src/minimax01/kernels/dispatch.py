@@ -182,11 +182,23 @@ def _paged_decode(triton: bool, q: torch.Tensor, k_cache: torch.Tensor) -> str:
     return "triton" if paged_attention.supported(q.shape[-1], k_cache.shape[1]) else "torch"
 
 
+def _paged_prefill(triton: bool, q: torch.Tensor, k_cache: torch.Tensor) -> str:
+    if not triton or q.dtype not in KERNEL_DTYPES:
+        return "torch"
+    import minimax01.kernels.attention_prefill_triton as prefill
+
+    config = prefill.config_for(q.shape[-1], q.dtype)
+    return "triton" if prefill.supported(q.shape[1], k_cache.shape[2], q.shape[-1], config) else "torch"
+
+
 def _softmax_attention(triton: bool, q: torch.Tensor, is_decode: bool) -> str:
     # Decode on the Triton backend goes through the paged decode op (its kernel, or its device-driven twin for
     # operands the kernel does not take): it reads lengths and slots from device tensors only, as a CUDA graph
-    # replayed at other lengths needs. Otherwise the host loop over sequences.
-    return "paged_decode" if triton and is_decode else "per_sequence"
+    # replayed at other lengths needs. Prefill chunks (and mixed steps) go through the paged prefill op, which
+    # reads the pool in place (its kernel) or gathers for SDPA (its twin). Otherwise the host loop over sequences.
+    if not triton:
+        return "per_sequence"
+    return "paged_decode" if is_decode else "paged_prefill"
 
 
 def _fused(triton: bool, *tensors: torch.Tensor, width: int | None = None) -> str:
@@ -213,6 +225,7 @@ RULES: dict[str, Callable[..., str]] = {
     "moe_experts_int8": _moe_experts_int8,  # (x, ids, w13, w2)
     "w8a16_linear": _w8a16_linear,  # (x)
     "paged_decode_attention": _paged_decode,  # (q, k_cache)
+    "paged_prefill_attention": _paged_prefill,  # (q, k_cache)
     "softmax_attention": _softmax_attention,  # (q, is_decode)
     "rms_norm": _rms_norm,  # (x, weight)
     "rms_norm_gate": _rms_norm_gate,  # (x, gate_logits, weight)

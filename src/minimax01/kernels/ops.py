@@ -186,6 +186,29 @@ def paged_decode_attention(
     return paged_decode_ref(q, k_cache, v_cache, block_tables, slots, seq_lens, scale)
 
 
+def paged_prefill_attention(
+    q: torch.Tensor,  # [T, H, D] new queries of all sequences after RoPE, concatenated
+    k_cache: torch.Tensor,  # [blocks, block_size, KVH, D] one layer's key pool, this step's keys written
+    v_cache: torch.Tensor,  # [blocks, block_size, KVH, D]
+    block_tables: torch.Tensor,  # [slots, max_blocks] int32 (StateStore.block_table_t)
+    scale: float,
+    *,
+    slots: list[int],  # [B] slot of each sequence
+    cu_seqlens: list[int],  # [B+1] boundaries of each sequence's queries in T
+    seq_lens: list[int],  # [B] cached keys of each sequence, its new queries included
+    slots_t: torch.Tensor,  # [B] int64, `slots` on the device
+) -> torch.Tensor:
+    """Causal GQA attention of each sequence's new queries (its newest positions) over its whole paged K/V.
+    Returns [T, H, D] in q.dtype. Triton reads the pool in place, all sequences in one launch; the reference
+    gathers each sequence's K/V and runs `attend_one` (SDPA)."""
+    if select("paged_prefill_attention", q, k_cache) == "triton":
+        import minimax01.kernels.attention_prefill_triton as attention_prefill_triton
+
+        return attention_prefill_triton.prefill(q, k_cache, v_cache, block_tables, slots_t, cu_seqlens, seq_lens,
+                                                scale)
+    return paged_attention_ref(q, k_cache, v_cache, block_tables, slots, cu_seqlens, seq_lens, scale)
+
+
 def softmax_attention(
     q: torch.Tensor,  # [T, H, D] new queries of all sequences after RoPE
     k_cache: torch.Tensor,  # [blocks, block_size, KVH, D] one layer's key pool, this step's keys written
@@ -204,12 +227,17 @@ def softmax_attention(
     """Causal GQA attention of each sequence's new queries over its cached keys (BatchInfo gives the keyword
     arguments). Returns [T, H, D] in q.dtype. Decode runs `paged_decode_attention`, which reads lengths and
     slots from the device tensors only (a CUDA graph replays it at other lengths than the host lists say);
-    otherwise each sequence's K/V are gathered through the block table for `attend_one`."""
-    if select("softmax_attention", q, is_decode) == "paged_decode":
+    other steps run `paged_prefill_attention` on the Triton backend, otherwise each sequence's K/V are gathered
+    through the block table for `attend_one`."""
+    impl = select("softmax_attention", q, is_decode)
+    if impl == "paged_decode":
         # In decode a token's position is its sequence's cached length before it.
         return paged_decode_attention(q, k_cache, v_cache, block_tables, slots_t, positions + 1, scale,
                                       max_len=max_seq_len)
     seq_lens = [s + hi - lo for s, lo, hi in zip(start_pos, cu_seqlens, cu_seqlens[1:])]
+    if impl == "paged_prefill":
+        return paged_prefill_attention(q, k_cache, v_cache, block_tables, scale, slots=slots,
+                                       cu_seqlens=cu_seqlens, seq_lens=seq_lens, slots_t=slots_t)
     return paged_attention_ref(q, k_cache, v_cache, block_tables, slots, cu_seqlens, seq_lens, scale)
 
 

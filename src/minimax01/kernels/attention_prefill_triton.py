@@ -1,0 +1,240 @@
+"""Triton paged prefill attention of the softmax layers: a chunk of new queries per sequence (several sequences
+in one launch) attends causally to that sequence's whole context, read in place from the paged KV pool through
+its block table (no gather copy). Torch reference: attention_ref.paged_attention_ref.
+
+Alignment: a sequence with n new queries and L cached keys (its new ones included) puts query i at position
+L - n + i, which sees keys 0..L - n + i (the causal diagonal aligned to the lower right).
+
+Tiles: one program per (query tile, kv head). A tile's BM rows are BQ = BM / G consecutive query tokens × the
+G = H / KVH query heads of that kv head (row r: token r // G, head r % G), so each K/V tile is loaded once for
+the whole GQA group and the dots keep tensor-core shapes (BM = 128 with G = 8: 16 tokens × 8 heads). The key
+range splits in two loops: tiles every row of the query tile sees in full (no mask arithmetic), then the few
+tiles across the causal diagonal (masked); tiles past the diagonal are never visited. Softmax statistics (max,
+sum) and the output accumulator are fp32; p is rounded to the input dtype before P·V, as flash kernels do.
+
+Paging: token t of a sequence sits in pool block block_table[slot, t // BS] at offset t % BS. When BN divides
+the block size a K/V tile lies inside one block: one scalar table lookup per tile; otherwise each row looks its
+block up (any block size works).
+
+The host builds the tile schedule (sequence, first query of each tile) from the host lists a prefill step has,
+heaviest tiles (longest key range) first so the tail of the launch is short tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from minimax01.kernels.triton_common import cast, dot, interpreting
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Tile shape and pipelining of one launch. BM rows = query tokens × GQA group; BN keys per K/V tile."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    # Full K/V tiles through TMA descriptors where BN divides the block size (CUDA only). Off by default until
+    # bench/attention_prefill.py has measured it against the pointer loads on an H200.
+    tma: bool = False
+
+
+# Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
+# fit Q + 3 stages of K and V in shared memory: 32 + 96 KiB). fp32 tiles hold twice the bytes: halved.
+CONFIGS: dict[tuple[int, torch.dtype], PrefillConfig] = {
+    (128, torch.bfloat16): PrefillConfig(128, 64, 8, 3),
+    (128, torch.float16): PrefillConfig(128, 64, 8, 3),
+    (128, torch.float32): PrefillConfig(64, 32, 4, 2),
+}
+DEFAULT_CONFIG = PrefillConfig(64, 32, 4, 2)  # other head dims (tests): small tiles
+
+
+def config_for(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
+    return CONFIGS.get((head_dim, dtype), DEFAULT_CONFIG)
+
+
+@triton.jit
+def _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr):
+    """Pool offsets [BN] (int64: pools pass 2^31 elements at 1 M tokens) of tokens t0 + offs_n of a sequence
+    whose block-table row starts at `bt`. Callers mask tokens past the sequence."""
+    if BS % BN == 0:  # t0 is a multiple of BN: the tile lies in one block
+        blk = tl.load(bt + t0 // BS).to(tl.int64)
+        return blk * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
+    tok = t0 + offs_n
+    blk = tl.load(bt + tok // BS).to(tl.int64)  # pads past the table's row only for masked tokens
+    return blk * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
+
+
+@triton.jit
+def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d, scale_log2,
+                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                 MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                 INTERPRET: tl.constexpr):
+    """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
+    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded). TMA (full
+    tiles, BN dividing BS): the tile is rows blk·BS + t0 % BS .. + BN of the pool seen as [blocks·BS, KVH·D]."""
+    dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
+    tok = t0 + offs_n
+    if TMA:
+        row = tl.load(bt + t0 // BS) * BS + t0 % BS
+        kT = tl.trans(k_desc.load([row, kvh * D]).to(dt))
+    elif MASKED:
+        valid = tok < L
+        rows_k = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_kblk, stride_ktok, BS, BN)
+        rows_v = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_vblk, stride_vtok, BS, BN)
+        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0).to(dt)
+    else:
+        rows_k = _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS, BN)
+        rows_v = _kv_rows(bt, t0, offs_n, stride_vblk, stride_vtok, BS, BN)
+        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None]).to(dt)  # [D, BN]: Kᵀ as the product takes it
+    s = dot(q, kT, None, INTERPRET) * scale_log2  # [BM, BN] fp32, log2 units
+    if MASKED:
+        s = tl.where(tok[None, :] <= pos[:, None], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, 1)
+    if TMA:
+        vt = v_desc.load([row, kvh * D]).to(dt)
+    elif MASKED:
+        vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0).to(dt)
+    else:
+        vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :]).to(dt)  # [BN, D]
+    acc = dot(cast(p, dt, INTERPRET), vt, acc * alpha[:, None], INTERPRET)
+    return acc, m_new, l
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_ptr, v_ptr, k_desc, v_desc, o_ptr, bt_ptr, slot_ptr, cu_ptr, len_ptr, tile_seq_ptr, tile_q0_ptr,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
+    scale_log2,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kvh = tl.program_id(1)
+    b = tl.load(tile_seq_ptr + tile)
+    i0 = tl.load(tile_q0_ptr + tile)  # first query of the tile, counted within its sequence
+    q_lo = tl.load(cu_ptr + b)
+    n = tl.load(cu_ptr + b + 1) - q_lo  # the sequence's new queries
+    L = tl.load(len_ptr + b)  # its keys, the new ones included
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    BQ: tl.constexpr = BM // G
+
+    offs_m = tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BN)
+    qi = i0 + offs_m // G  # [BM] query index within the sequence
+    head = kvh * G + offs_m % G  # [BM] query head
+    row_ok = qi < n
+    pos = L - n + qi  # [BM] position of each row's query
+    q_rows = (q_lo + qi).to(tl.int64) * stride_qt + head * stride_qh
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [BM, D]
+
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, D], tl.float32)
+    bt = bt_ptr + slot * stride_bt
+    k_base = k_ptr + kvh * stride_kh
+    v_base = v_ptr + kvh * stride_vh
+    first = L - n + i0  # position of the tile's first query: keys ≤ first are visible to every row
+    full_end = ((first + 1) // BN) * BN
+    last = tl.minimum(first + BQ - 1, L - 1)  # the last query the tile holds (rows past n are not stored)
+    for t0 in range(0, full_end, BN):
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+    for t0 in range(full_end, last + 1, BN):
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=True, TMA=False, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+    o = acc / l[:, None]
+    o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
+    tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
+             mask=row_ok[:, None])
+
+
+def supported(heads: int, kv_heads: int, head_dim: int, config: PrefillConfig) -> bool:
+    """Power-of-two head dims ≥ 16 (tl.arange / tl.dot) and a power-of-two GQA group that divides BM into whole
+    query tokens (the model: G = 8, BM = 128)."""
+    g = heads // kv_heads if kv_heads and heads % kv_heads == 0 else 0
+    return (head_dim >= 16 and _pow2(head_dim) and _pow2(g) and config.block_m % g == 0
+            and config.block_m >= 16)
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def tile_schedule(cu_seqlens: list[int], seq_lens: list[int], tokens_per_tile: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence [tiles] int32, first query [tiles] int32) of every query tile, heaviest first: a tile's work
+    is its last query's key count."""
+    tiles = []
+    for b, (lo, hi, L) in enumerate(zip(cu_seqlens, cu_seqlens[1:], seq_lens)):
+        n = hi - lo
+        tiles += [(L - n + min(i + tokens_per_tile, n), b, i) for i in range(0, n, tokens_per_tile)]
+    tiles.sort(reverse=True)
+    sched = torch.tensor([[b, i] for _, b, i in tiles], dtype=torch.int32).reshape(-1, 2).t().contiguous()
+    sched = sched.to(device, non_blocking=True)
+    return sched[0], sched[1]
+
+
+def prefill(
+    q: torch.Tensor,  # [T, H, D] new queries of all sequences after RoPE, last dim contiguous
+    k_cache: torch.Tensor,  # [blocks, BS, KVH, D] one layer's key pool, this step's keys written
+    v_cache: torch.Tensor,  # [blocks, BS, KVH, D]
+    block_tables: torch.Tensor,  # [slots, max_blocks] int32: pool block of each slot's i-th block
+    slots: torch.Tensor,  # [B] int64 slot of each sequence (on q's device)
+    cu_seqlens: list[int],  # [B+1] boundaries of each sequence's queries in T
+    seq_lens: list[int],  # [B] keys of each sequence, its new queries included (≥ its query count)
+    scale: float,
+    config: PrefillConfig | None = None,
+) -> torch.Tensor:
+    """Returns o [T, H, D] in q.dtype; query head h attends kv head h // (H / KVH). A sequence without queries
+    gets no tiles."""
+    _, H, D = q.shape
+    _, BS, KVH, _ = k_cache.shape
+    config = config or config_for(D, q.dtype)
+    if not supported(H, KVH, D, config):
+        raise ValueError(f"unsupported prefill attention shape: H={H}, KVH={KVH}, D={D}, {config}")
+    for t in (q, k_cache, v_cache):
+        if t.stride(-1) != 1:
+            raise ValueError("q and the KV pools need a contiguous last dim")
+    G = H // KVH
+    out = torch.empty_like(q)
+    tile_seq, tile_q0 = tile_schedule(cu_seqlens, seq_lens, config.block_m // G, q.device)
+    if tile_seq.numel() == 0:
+        return out
+    dev = q.device
+    interp = interpreting()
+    tma = (config.tma and not interp and BS % config.block_n == 0 and k_cache.is_contiguous()
+           and v_cache.is_contiguous())
+    k_desc, v_desc = k_cache, v_cache  # unused placeholders without TMA
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        # [blocks·BS, KVH·D] views: a BN-token tile inside one block is BN consecutive rows of them.
+        k_desc, v_desc = (TensorDescriptor.from_tensor(c.view(-1, KVH * D), [config.block_n, D])
+                          for c in (k_cache, v_cache))
+    cu_t = torch.tensor(cu_seqlens, dtype=torch.int32).to(dev, non_blocking=True)
+    lens_t = torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True)
+    _prefill_kernel[(tile_seq.numel(), KVH)](  # kv head slowest: concurrent programs share its K/V in L2
+        q, k_cache, v_cache, k_desc, v_desc, out, block_tables, slots, cu_t, lens_t, tile_seq, tile_q0,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), block_tables.stride(0),
+        scale * LOG2E,
+        G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, INTERPRET=interp,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
