@@ -5,7 +5,8 @@
 #   2. greedy CLI generation with and without CUDA graphs (must print the same text),
 #   3. with 2 or more GPUs: the NCCL tests (tests/test_parallel_gpu.py: TP / EP logits and tokens against one
 #      GPU, graph decode under TP), and `generate --tp 2` against one GPU,
-#   4. the benchmarks ("bench" as $1): 1 vs N GPUs decode step / prefill, serving, the step channel.
+#   4. the benchmarks ("bench" as $1): 1 vs N GPUs decode step / prefill, the long-prefill kernels, serving, the
+#      step channel.
 # Packages missing from the GPU machine's Python (the server stack, openai) can be put as wheels in .whl2/.
 # NVLink multicast stays off in every process (NCCL, torch symmetric memory, NVSHMEM).
 set -u
@@ -23,6 +24,7 @@ if [ "${1:-}" != bench ]; then
   python3 -m pytest -q -p no:cacheprovider -W "error:CUDA-graph capture failed:RuntimeWarning" tests/test_kernels.py \
     tests/test_paged_attention.py tests/test_moe_decode.py tests/test_fused_ops.py tests/test_quant_kernels.py \
     tests/test_quant.py tests/test_engine.py tests/test_generation.py tests/test_cli.py tests/test_longctx.py \
+    tests/test_attention_prefill.py tests/test_lightning_segmented.py tests/test_moe_prefill_choice.py \
     2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
   for g in 1 0; do
     MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \
@@ -42,6 +44,8 @@ else
   TP=$([ "$GPUS" -ge 2 ] && echo 2 || echo 1)
   python3 bench/decode_step.py --tp $TP 2>&1 | tee "$OUTDIR/decode-step.log" | grep -vE "^\s*$" | tail -12
   python3 bench/decode_profile.py --tp $TP 2>&1 | tail -3
+  python3 bench/attention_prefill.py 2>&1 | tail -12
+  python3 bench/prefill_kernels.py 2>&1 | tail -20  # prints the MoE table row and the lightning switch to set
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7
   for tp in 1 $TP; do
     python3 bench/serve.py --real-dims-layers 8 --device cuda --tp $tp --concurrency 1 16 64 --prompt-len 256 \
