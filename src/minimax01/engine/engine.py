@@ -22,8 +22,11 @@ from minimax01.engine.prompt_logprobs import score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
-from minimax01.sampling import Sampler, SamplingParams, StopChecker, make_generator
+from minimax01.sampling import Sampler, make_generator
+from minimax01.sampling_params import SamplingParams
+from minimax01.stop_strings import StopChecker
 from minimax01.special_tokens import DEFAULT_EOS_TOKEN_ID
+from minimax01.structured import GrammarMatcher, GrammarVocabulary, fill_bitmasks
 
 if TYPE_CHECKING:
     from minimax01.tokenizer import MiniMaxTokenizer
@@ -126,6 +129,7 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._totals = {"prompt": 0, "generated": 0, "finished": 0}
         self._last_step = (0, 0)  # (sequences, tokens) of the last model call
+        self._grammar_vocab: GrammarVocabulary | None = None  # built for the first request with a grammar
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
@@ -147,6 +151,7 @@ class LLMEngine:
                                f"({self.store.num_kv_blocks} blocks of {self.kv_block_size}); lower max_new_tokens")
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need a tokenizer; the engine has none (use stop_token_ids)")
+        grammar = GrammarMatcher(self._grammar_vocabulary(), params.grammar) if params.grammar is not None else None
         with self._lock:
             if request_id is None:
                 request_id = uuid.uuid4().hex
@@ -164,13 +169,26 @@ class LLMEngine:
                 params=params,
                 generator=make_generator(params.seed, self.model.device),
                 stop_ids=frozenset(stop_ids),
-                decoder=self.tokenizer.incremental_decoder() if self.tokenizer is not None else None,
+                decoder=(self.tokenizer.incremental_decoder(params.skip_special_tokens,
+                                                            params.spaces_between_special_tokens)
+                         if self.tokenizer is not None else None),
                 stop_checker=StopChecker(list(params.stop)),
                 prompt_scores=[] if params.prompt_logprobs is not None else None,
+                grammar=grammar,
             )
             self._requests[request_id] = req
             self.scheduler.add(req)
             return request_id
+
+    def _grammar_vocabulary(self) -> GrammarVocabulary:
+        """The vocabulary grammars are matched against (every id of the model; the default stop ids end a complete
+        output), built once: reading 200 K token strings takes a moment."""
+        if self.tokenizer is None:
+            raise RequestError("structured outputs need a tokenizer; the engine has none")
+        if self._grammar_vocab is None:
+            self._grammar_vocab = GrammarVocabulary(self.tokenizer, self.config.vocab_size,
+                                                    self.default_stop_token_ids)
+        return self._grammar_vocab
 
     def _check_prompt(self, prompt_ids: Any) -> list[int]:
         if isinstance(prompt_ids, torch.Tensor):
@@ -254,12 +272,32 @@ class LLMEngine:
                 rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
                 logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
             if sampling and reqs:
+                logits, reqs, masked, bitmask = self._grammar_masks(logits, reqs, outputs)
+            if sampling and reqs:
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
-                                          [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
+                                          [r.all_ids for r in reqs], [r.prompt_len for r in reqs], masked, bitmask)
                 tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
                 for i, req in enumerate(reqs):
+                    if req.grammar is not None and not req.grammar.accept(tokens[i]):
+                        self._fail(req, outputs, f"the output grammar rejected token {tokens[i]}: {req.grammar.error}")
+                        continue
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
+
+    def _grammar_masks(self, logits: torch.Tensor, reqs: list[Request], outputs: list[RequestOutput]
+                       ) -> tuple[torch.Tensor, list[Request], list[int], torch.Tensor | None]:
+        """The token masks of this step's rows with a grammar (rows, int32 bitmask). Fails the requests whose
+        matcher failed (no token would be allowed) and returns the logits and requests left to sample."""
+        rows, bitmask, failed = fill_bitmasks(self._grammar_vocab, [r.grammar for r in reqs])
+        if not failed:
+            return logits, reqs, rows, bitmask
+        for i in failed:
+            self._fail(reqs[i], outputs, f"the output grammar failed: {reqs[i].grammar.error}")  # type: ignore
+        keep = [i for i in range(len(reqs)) if i not in set(failed)]
+        kept_rows = [j for j, i in enumerate(rows) if i not in set(failed)]
+        new_index = {i: k for k, i in enumerate(keep)}
+        return (logits[keep], [reqs[i] for i in keep], [new_index[rows[j]] for j in kept_rows],
+                bitmask[kept_rows] if kept_rows else None)  # type: ignore[index]
 
     def _score_prompts(self, logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]],
                        outputs: list[RequestOutput]) -> None:
@@ -330,6 +368,8 @@ class LLMEngine:
             text, hit = req.stop_checker.update(req.decoder.step(token))
             if hit:
                 req.finish_reason, req.stop_reason = "stop", req.stop_checker.matched
+        if req.finish_reason is None and req.grammar is not None and req.grammar.finished:
+            req.finish_reason = "stop"  # the grammar allows nothing more (e.g. it ended with an ignored EOS)
         if req.finish_reason is None and req.num_generated >= req.params.max_new_tokens:
             req.finish_reason = "length"
         if req.finish_reason is not None and req.decoder is not None and not req.stop_checker.stopped:
