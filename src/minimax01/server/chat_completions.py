@@ -83,7 +83,7 @@ def _output_grammar(req: ChatCompletionRequest, ctx: ServerContext, tools: list[
 async def chat_completion(request: Request, ctx: ServerContext) -> Response:
     req: ChatCompletionRequest = await parse_request(request, ctx, ChatCompletionRequest)
     tools, parse_tools, prefix = _tool_plan(req, ctx)
-    grammar = _output_grammar(req, ctx, tools)
+    grammar = await asyncio.to_thread(_output_grammar, req, ctx, tools)  # a large schema takes a while to check
 
     def tokenize() -> list[int]:
         prompt = render_chat(req.messages, tools, add_generation_prompt=True, chat_template=ctx.chat_template,

@@ -75,7 +75,8 @@ async def completion(request: Request, ctx: ServerContext) -> Response:
     names = {"max_new_tokens": "max_tokens"}
     scores = _prompt_scores(req)
     # Choice p * n + i: prompt p, seed + i.
-    grammar = response_format_grammar(req.response_format)  # vLLM's extension: structured outputs here too
+    # vLLM's extension: structured outputs here too. Off the event loop: a large schema takes a while to check.
+    grammar = await asyncio.to_thread(response_format_grammar, req.response_format)
     subs = [Submission(ids, sampling_params(req, ctx, len(ids), req.max_tokens, req.logprobs, seed, names, scores,
                                             grammar=grammar),
                        f"{rid}-{p * req.n + i}")
