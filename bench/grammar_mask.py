@@ -8,6 +8,10 @@ prefixes, CJK characters and pairs, then padding ids no text maps to), the same 
 separators and no free whitespace (the server's setting), and the same token sequence: a valid instance of the
 schema encoded greedily (longest match). Per step: fill the mask of the next token, then accept the token.
 
+A second table times this engine's own path with the chosen library (llguidance): building the grammar
+vocabulary from a MiniMaxTokenizer of 200 064 tokens (once per engine), and per step the matcher's mask plus
+`structured.apply_token_bitmask` on a float32 [1, 200 064] logits row.
+
     python bench/grammar_mask.py        # -> bench/results/grammar-mask-<date>.json and .md
 """
 
@@ -134,6 +138,33 @@ def time_llguidance(vocab: list[bytes], schema: dict[str, Any], ids: list[int]) 
     return {"compile_ms": compile_ms, **_stats(steps)}
 
 
+def time_engine_path(vocab: list[bytes], schema: dict[str, Any], ids: list[int]) -> dict[str, float]:
+    """GrammarVocabulary from a MiniMaxTokenizer over `vocab`, then per step: fill + apply to a logits row."""
+    from tokenizers import Tokenizer, models
+
+    from minimax01.structured import GrammarMatcher, GrammarVocabulary, apply_token_bitmask, json_schema_grammar
+    from minimax01.tokenizer import MiniMaxTokenizer, _byte_decoder
+
+    to_char = {b: c for c, b in _byte_decoder().items()}  # byte -> its byte-level alphabet character
+    pieces = {"".join(to_char[x] for x in b): i for i, b in enumerate(vocab)}
+    tokenizer = MiniMaxTokenizer(Tokenizer(models.WordLevel(pieces, unk_token=next(iter(pieces)))))
+    t0 = time.perf_counter()
+    vocabulary = GrammarVocabulary(tokenizer, VOCAB_SIZE, [EOS_ID])
+    setup_ms = (time.perf_counter() - t0) * 1e3
+    matcher = GrammarMatcher(vocabulary, json_schema_grammar(schema))
+    bitmask = vocabulary.new_bitmask(1)
+    logits = torch.randn(1, VOCAB_SIZE)
+    steps = []
+    for t in ids + [EOS_ID]:
+        t0 = time.perf_counter()
+        matcher.fill_bitmask(bitmask, 0)
+        apply_token_bitmask(logits, [0], bitmask)
+        steps.append((time.perf_counter() - t0) * 1e3)
+        assert matcher.accept(t), matcher.error
+    assert matcher.finished
+    return {"vocabulary_setup_ms": setup_ms, **_stats(steps)}
+
+
 def _stats(steps_ms: list[float]) -> dict[str, float]:
     # The first mask of a grammar is often the widest (any key / any value); report it apart from the rest.
     ordered = sorted(steps_ms)
@@ -158,11 +189,19 @@ def main() -> None:
             best = min(runs, key=lambda r: r["median_step_ms"])
             rows.append({"schema": name, "library": lib, **{k: round(v, 4) for k, v in best.items()}})
             print(rows[-1], flush=True)
+    engine_rows = []
+    for name, (schema, instance) in SCHEMAS.items():
+        ids = greedy_encode(json.dumps(instance, separators=(", ", ": ")).encode(), index)
+        best = min((time_engine_path(vocab, schema, ids) for _ in range(3)), key=lambda r: r["median_step_ms"])
+        engine_rows.append({"schema": name, **{k: round(v, 4) for k, v in best.items()}})
+        print(engine_rows[-1], flush=True)
     meta = {"vocab_size": VOCAB_SIZE, "machine": f"{platform.processor() or platform.machine()}, 2-core CPU, "
             "shared with other work", "python": platform.python_version(), "torch": torch.__version__,
             "xgrammar": version("xgrammar"), "llguidance": version("llguidance"), "method": "per step: fill the next-token mask of one "
             "matcher, then accept the token; best of 3 runs by median, after a warm-up run"}
-    for path in write_results("grammar-mask", {"mask time per decode step": rows}, meta):
+    sections = {"mask time per decode step": rows,
+                "this engine's path (llguidance): mask + apply to a logits row": engine_rows}
+    for path in write_results("grammar-mask", sections, meta):
         print(path)
 
 

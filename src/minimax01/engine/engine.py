@@ -129,7 +129,10 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._totals = {"prompt": 0, "generated": 0, "finished": 0}
         self._last_step = (0, 0)  # (sequences, tokens) of the last model call
-        self._grammar_vocab: GrammarVocabulary | None = None  # built for the first request with a grammar
+        # The vocabulary grammars are matched against, built here because reading 200 K token strings takes a
+        # second or two, which the first structured request would otherwise stall every stream for.
+        self._grammar_vocab = (GrammarVocabulary(tokenizer, config.vocab_size, self.default_stop_token_ids)
+                               if tokenizer is not None and self.default_stop_token_ids else None)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
@@ -151,7 +154,11 @@ class LLMEngine:
                                f"({self.store.num_kv_blocks} blocks of {self.kv_block_size}); lower max_new_tokens")
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need a tokenizer; the engine has none (use stop_token_ids)")
-        grammar = GrammarMatcher(self._grammar_vocabulary(), params.grammar) if params.grammar is not None else None
+        grammar = None
+        if params.grammar is not None:
+            if self._grammar_vocab is None:
+                raise RequestError("structured outputs need a tokenizer and a stop token; the engine has none")
+            grammar = GrammarMatcher(self._grammar_vocab, params.grammar)
         with self._lock:
             if request_id is None:
                 request_id = uuid.uuid4().hex
@@ -179,16 +186,6 @@ class LLMEngine:
             self._requests[request_id] = req
             self.scheduler.add(req)
             return request_id
-
-    def _grammar_vocabulary(self) -> GrammarVocabulary:
-        """The vocabulary grammars are matched against (every id of the model; the default stop ids end a complete
-        output), built once: reading 200 K token strings takes a moment."""
-        if self.tokenizer is None:
-            raise RequestError("structured outputs need a tokenizer; the engine has none")
-        if self._grammar_vocab is None:
-            self._grammar_vocab = GrammarVocabulary(self.tokenizer, self.config.vocab_size,
-                                                    self.default_stop_token_ids)
-        return self._grammar_vocab
 
     def _check_prompt(self, prompt_ids: Any) -> list[int]:
         if isinstance(prompt_ids, torch.Tensor):
@@ -272,32 +269,18 @@ class LLMEngine:
                 rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
                 logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
             if sampling and reqs:
-                logits, reqs, masked, bitmask = self._grammar_masks(logits, reqs, outputs)
-            if sampling and reqs:
+                # Rows with a grammar are masked; a row whose matcher failed (no token allowed) is sampled with the
+                # others (rows are independent) and its request failed below.
+                masked, bitmask, failed = fill_bitmasks(self._grammar_vocab, [r.grammar for r in reqs])
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs], masked, bitmask)
                 tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
                 for i, req in enumerate(reqs):
-                    if req.grammar is not None and not req.grammar.accept(tokens[i]):
-                        self._fail(req, outputs, f"the output grammar rejected token {tokens[i]}: {req.grammar.error}")
+                    if req.grammar is not None and (i in failed or not req.grammar.accept(tokens[i])):
+                        self._fail(req, outputs, f"the output grammar failed: {req.grammar.error}")
                         continue
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
-
-    def _grammar_masks(self, logits: torch.Tensor, reqs: list[Request], outputs: list[RequestOutput]
-                       ) -> tuple[torch.Tensor, list[Request], list[int], torch.Tensor | None]:
-        """The token masks of this step's rows with a grammar (rows, int32 bitmask). Fails the requests whose
-        matcher failed (no token would be allowed) and returns the logits and requests left to sample."""
-        rows, bitmask, failed = fill_bitmasks(self._grammar_vocab, [r.grammar for r in reqs])
-        if not failed:
-            return logits, reqs, rows, bitmask
-        for i in failed:
-            self._fail(reqs[i], outputs, f"the output grammar failed: {reqs[i].grammar.error}")  # type: ignore
-        keep = [i for i in range(len(reqs)) if i not in set(failed)]
-        kept_rows = [j for j, i in enumerate(rows) if i not in set(failed)]
-        new_index = {i: k for k, i in enumerate(keep)}
-        return (logits[keep], [reqs[i] for i in keep], [new_index[rows[j]] for j in kept_rows],
-                bitmask[kept_rows] if kept_rows else None)  # type: ignore[index]
 
     def _score_prompts(self, logits: torch.Tensor, scoring: list[tuple[ScheduledChunk, range]],
                        outputs: list[RequestOutput]) -> None:

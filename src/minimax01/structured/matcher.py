@@ -37,8 +37,6 @@ class GrammarVocabulary:
     the extra ids are never allowed) and the ids that may end a complete output (`stop_ids`, EOS first)."""
 
     def __init__(self, tokenizer: MiniMaxTokenizer, vocab_size: int, stop_ids: list[int]) -> None:
-        if not stop_ids:
-            raise RequestError("structured outputs need an end-of-sequence token; the engine has no stop token ids")
         view = _TokenizerView(tokenizer, stop_ids[0])
         self.vocab_size = vocab_size
         self.tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(view), n_vocab=vocab_size,
