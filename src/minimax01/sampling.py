@@ -54,7 +54,8 @@ class SampleOutput:
             distribution: ``log_softmax`` of the logits after penalties, before
             temperature / top-k / top-p / min-p (vLLM's default "raw" logprobs).  This
             is independent of the sampling knobs, so it is comparable across requests
-            and finite even for tokens a truncation step would have excluded.
+            and finite even for tokens a truncation step would have excluded. For a row masked by a grammar it is
+            the distribution over the tokens the grammar allows (the others have ``-inf``).
         top_logprobs: per row, ``None`` if the request asked for no logprobs, else a
             list of ``(token_id, logprob)`` of the ``params.logprobs`` most likely
             tokens under the same raw distribution, most likely first.

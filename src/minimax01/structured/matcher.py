@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 class _TokenizerView:
     """What llguidance.TokenizerWrapper reads of a tokenizer: token bytes, special ids, EOS, an encoder."""
 
-    def __init__(self, tokenizer: MiniMaxTokenizer, eos: int) -> None:
+    def __init__(self, tokenizer: MiniMaxTokenizer, eos: int, vocab_size: int) -> None:
         special = set(tokenizer.special_token_ids())
         # Special tokens get no text here: llguidance gives them a reserved byte form, so a grammar's text (a JSON
-        # string, say) can never be written with `<function_call>` or `<end_of_sentence>`.
-        self.tokens = [b"" if i in special else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+        # string, say) can never be written with `<function_call>` or `<end_of_sentence>`. Ids the model cannot
+        # produce (a tokenizer larger than the model's vocabulary) are left out.
+        self.tokens = [b"" if i in special else tokenizer.token_bytes(i)
+                       for i in range(min(tokenizer.vocab_size, vocab_size))]
         self.special_token_ids = sorted(special)
         self.eos_token_id = eos
         self.bos_token_id = None
@@ -37,7 +39,7 @@ class GrammarVocabulary:
     the extra ids are never allowed) and the ids that may end a complete output (`stop_ids`, EOS first)."""
 
     def __init__(self, tokenizer: MiniMaxTokenizer, vocab_size: int, stop_ids: list[int]) -> None:
-        view = _TokenizerView(tokenizer, stop_ids[0])
+        view = _TokenizerView(tokenizer, stop_ids[0], vocab_size)
         self.vocab_size = vocab_size
         self.tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(view), n_vocab=vocab_size,
                                                 eos_token=list(stop_ids))
