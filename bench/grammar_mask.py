@@ -12,6 +12,7 @@ A second table times this engine's own path with the chosen library (llguidance)
 vocabulary from a MiniMaxTokenizer of 200 064 tokens (once per engine), and per step the matcher's mask plus
 `structured.apply_token_bitmask` on a float32 [1, 200 064] logits row.
 
+    pip install -e ".[bench]"           # xgrammar, for the comparison
     python bench/grammar_mask.py        # -> bench/results/grammar-mask-<date>.json and .md
 """
 
