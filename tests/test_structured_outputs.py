@@ -24,7 +24,13 @@ from minimax01.errors import RequestError
 from minimax01.sampling import Sampler, make_generator
 from minimax01.sampling_params import SamplingParams
 from minimax01.server.structured_outputs import tool_choice_grammar
-from minimax01.structured import apply_token_bitmask, json_schema_grammar, unpack_bitmask
+from minimax01.structured import (
+    GrammarMatcher,
+    GrammarVocabulary,
+    apply_token_bitmask,
+    json_schema_grammar,
+    unpack_bitmask,
+)
 from minimax01.tokenizer import MiniMaxTokenizer
 
 CITY = {"type": "string", "maxLength": 6}
@@ -220,3 +226,46 @@ def test_json_object_mode(model: MiniMaxForCausalLM, tokenizer: MiniMaxTokenizer
     for rid in ids:
         assert outs[rid][-1].finish_reason == "stop"
         assert isinstance(json.loads(text_of(outs[rid])), dict)
+
+
+THINK = ("<think>", "</think>")
+
+
+def test_reasoning_block_may_precede_the_answer(tokenizer: MiniMaxTokenizer) -> None:
+    grammar = json_schema_grammar(SCHEMAS["flat, required"], THINK)
+    vocabulary = GrammarVocabulary(tokenizer, tokenizer.vocab_size, [tokenizer.eos_token_id])
+    answer = '{"city": "Paris", "days": 3}'
+    for text, valid in ((f"<think>\nMaybe {{\"a\"}}, then.\n</think>\n\n{answer}", True), (answer, True),
+                        ("<think>x</think>\nnot JSON", False), (f"<think>x</think>\n\n\n{answer}", False)):
+        matcher = GrammarMatcher(vocabulary, grammar)
+        accepted = all(matcher.accept(t) for t in tokenizer.encode(text))
+        assert accepted == valid, text
+        if valid:  # EOS only once the answer is complete
+            assert matcher.accept(tokenizer.eos_token_id) and matcher.finished
+    inside = GrammarMatcher(vocabulary, grammar)
+    assert all(inside.accept(t) for t in tokenizer.encode("<think>still thinking"))
+    bitmask = vocabulary.new_bitmask(1)
+    inside.fill_bitmask(bitmask, 0)
+    assert not unpack_bitmask(bitmask, vocabulary.vocab_size)[0, tokenizer.eos_token_id]
+
+
+def test_m1_reasons_then_answers_valid_json(tmp_path: Any) -> None:
+    from forced_output import write_forced_checkpoint
+
+    from minimax01.chat.reasoning import ThinkParser
+    from minimax01.tokenizer import load_tokenizer
+
+    gen_prompt = "<beginning_of_sentence>ai name=MiniMax AI\n"
+    answer = {"city": "Paris", "days": 3}
+    target = f"<think>\nThe user wants the weather as JSON; {{not JSON here}}.\n</think>\n\n{json.dumps(answer)}"
+    ckpt = write_forced_checkpoint(tmp_path / "ckpt", target, gen_prompt)
+    tok = load_tokenizer(ckpt)
+    eng = LLMEngine(MiniMaxForCausalLM.from_pretrained(ckpt, dtype=torch.float32), tok, max_num_seqs=2,
+                    max_model_len=256, kv_block_size=16)
+    grammar = json_schema_grammar(SCHEMAS["flat, required"], ThinkParser.markers)
+    rid = eng.add_request(tok.encode("Weather?" + gen_prompt), SamplingParams(temperature=0.0, max_new_tokens=100,
+                                                                               grammar=grammar))
+    outs = run(eng)[rid]
+    reasoning, content = ThinkParser().parse(text_of(outs))
+    assert outs[-1].finish_reason == "stop" and "{not JSON here}" in reasoning
+    assert json.loads(content) == answer

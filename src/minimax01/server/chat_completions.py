@@ -14,8 +14,9 @@ same parser for streaming and non-streaming responses. `tool_choice`:
 While tool calls are parsed, the text keeps special tokens unspaced whatever `skip_special_tokens` /
 `spaces_between_special_tokens` say: Text-01's `<function_call>` is a special token.
 
-`response_format` (`json_object` / `json_schema`) constrains the output from its first token, so an M1 model
-writes no `<think>` block then; it cannot be combined with a forced tool call.
+`response_format` (`json_object` / `json_schema`) constrains the answer; a family with a reasoning parser (M1)
+may first write its reasoning block, unconstrained up to the closing marker, which comes back as
+`reasoning_content`. It cannot be combined with a forced tool call.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def _tool_plan(req: ChatCompletionRequest, ctx: ServerContext) -> tuple[list[dic
 def _output_grammar(req: ChatCompletionRequest, ctx: ServerContext, tools: list[dict[str, Any]] | None) -> str | None:
     """The grammar of a forced tool call (tool_choice "required" / named) or of `response_format`, if any."""
     choice = req.tool_choice
-    fmt = response_format_grammar(req.response_format)
+    fmt = response_format_grammar(req.response_format,
+                                  ctx.reasoning_parser.markers if ctx.reasoning_parser is not None else None)
     if not tools or not (choice == "required" or isinstance(choice, NamedToolChoice)):
         return fmt
     if fmt is not None:

@@ -32,16 +32,17 @@ def _checked(build: Any, param: str) -> str:
     return grammar
 
 
-def response_format_grammar(fmt: ResponseFormat | None) -> str | None:
-    """The grammar of `response_format`, None for plain text."""
+def response_format_grammar(fmt: ResponseFormat | None, reasoning: tuple[str, str] | None = None) -> str | None:
+    """The grammar of `response_format`, None for plain text; `reasoning`: the markers of the reasoning block the
+    model may write first (the served family's reasoning parser's), None when the output is all answer."""
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return json_object_grammar()
+        return json_object_grammar(reasoning)
     if fmt.json_schema is None or fmt.json_schema.schema_ is None:
         raise APIError(400, "response_format: type 'json_schema' needs json_schema.schema", param="response_format")
     schema = fmt.json_schema.schema_
-    return _checked(lambda: json_schema_grammar(schema), "response_format")
+    return _checked(lambda: json_schema_grammar(schema, reasoning), "response_format")
 
 
 def tool_choice_grammar(tools: list[dict[str, Any]], name: str | None, parser: ToolCallParser) -> str:

@@ -1,6 +1,9 @@
 """The grammars of structured outputs, as llguidance grammar definitions (strings): any JSON object, a JSON
 schema, or a native tool call whose arguments match the tool's parameter schema.
 
+A model that reasons first (MiniMax-M1: `<think>…</think>` at the start of its output) may keep doing so: the
+JSON grammars then accept an optional reasoning block, free text up to its closing marker, before the value.
+
 JSON is constrained to one layout: `json.dumps`' separators (", " and ": ") and no other whitespace. With free
 whitespace allowed, a grammar never forces the end of a value (a run of spaces or newlines is always a legal
 continuation), and a weak or random model can pad until max_tokens; with one layout every token either advances
@@ -43,14 +46,32 @@ def _schema_object(schema: Any, what: str) -> dict[str, Any]:
     return schema
 
 
-def json_object_grammar() -> str:
-    """Any JSON object (`response_format` `{"type": "json_object"}`)."""
-    return llguidance.grammar_from("json_schema", json.dumps(_with_layout({"type": "object"})))
+def _json_grammar(schema: dict[str, Any], reasoning: tuple[str, str] | None) -> str:
+    rules = [f"answer: %json {json.dumps(_with_layout(schema))}"]
+    if reasoning is None:
+        rules.insert(0, "start: answer")
+    else:
+        # One lexeme: the opening marker, any text without the closing marker, the closing marker, and up to two
+        # newlines (M1's separator; the reasoning parser drops them). A rule of several lexemes instead (or a
+        # `stop=` rule) makes llguidance mask the tokens that straddle the closing marker and what follows it,
+        # which a tokenizer may well have ("nk>\n").
+        opening, closing = (json.dumps(m) for m in reasoning)
+        text = "/(.|\\n)*/"
+        rules[:0] = ["start: REASONING? answer",
+                     f"REASONING: {opening} ({text} & ~({text} {closing} {text})) {closing} /\\n{{0,2}}/"]
+    return llguidance.grammar_from("lark", "\n".join(rules))
 
 
-def json_schema_grammar(schema: Any) -> str:
-    """A JSON value valid against `schema` (`response_format` `json_schema`). RequestError for a non-object."""
-    return llguidance.grammar_from("json_schema", json.dumps(_with_layout(_schema_object(schema, "schema"))))
+def json_object_grammar(reasoning: tuple[str, str] | None = None) -> str:
+    """Any JSON object (`response_format` `{"type": "json_object"}`), after an optional block of free text between
+    the `reasoning` markers (opening, closing) when they are given."""
+    return _json_grammar({"type": "object"}, reasoning)
+
+
+def json_schema_grammar(schema: Any, reasoning: tuple[str, str] | None = None) -> str:
+    """A JSON value valid against `schema` (`response_format` `json_schema`), after optional reasoning as in
+    `json_object_grammar`. RequestError for a non-object schema."""
+    return _json_grammar(_schema_object(schema, "schema"), reasoning)
 
 
 def tool_call_grammar(frames: list[ToolCallFrame]) -> str:
