@@ -269,3 +269,26 @@ def test_m1_reasons_then_answers_valid_json(tmp_path: Any) -> None:
     reasoning, content = ThinkParser().parse(text_of(outs))
     assert outs[-1].finish_reason == "stop" and "{not JSON here}" in reasoning
     assert json.loads(content) == answer
+
+
+def test_logprobs_prompt_logprobs_and_abort_with_a_grammar(engine: LLMEngine, tokenizer: MiniMaxTokenizer) -> None:
+    prompt = tokenizer.encode("Scores, then JSON:")
+    grammar = json_schema_grammar(SCHEMAS["enum + boolean array"])
+    scored = engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW, grammar=grammar,
+                                                       logprobs=3, prompt_logprobs=2))
+    aborted = engine.add_request(prompt, SamplingParams(temperature=1.0, seed=1, max_new_tokens=MAX_NEW,
+                                                        grammar=grammar))
+    outs: dict[str, list[RequestOutput]] = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            outs.setdefault(o.request_id, []).append(o)
+        if len(outs.get(aborted, [])) == 3:
+            engine.abort(aborted)
+    assert outs[aborted][-1].finish_reason == "abort"
+    assert engine.stats().free_slots == engine.max_num_seqs
+    final = outs[scored]
+    jsonschema.validate(json.loads(text_of(final)), SCHEMAS["enum + boolean array"])
+    assert len(next(o.prompt_logprobs for o in final if o.prompt_logprobs is not None)) == len(prompt) - 1
+    for o in final:  # the sampled token's logprob is finite, its top list holds only allowed (finite) tokens
+        for lp, top in zip(o.logprobs or [], o.top_logprobs or []):
+            assert lp > float("-inf") and all(v > float("-inf") for _, v in top) and 1 <= len(top) <= 3
