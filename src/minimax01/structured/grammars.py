@@ -36,7 +36,7 @@ class ToolCallFrame:
 
 
 def _with_layout(schema: dict[str, Any]) -> dict[str, Any]:
-    # A client's own "x-guidance" options are replaced: the layout is the server's guarantee of termination.
+    # A client's own "x-guidance" options are replaced: the one layout is what lets a grammar force a value's end.
     return {**schema, "x-guidance": _JSON_LAYOUT}
 
 
