@@ -129,8 +129,8 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._totals = {"prompt": 0, "generated": 0, "finished": 0}
         self._last_step = (0, 0)  # (sequences, tokens) of the last model call
-        # The vocabulary grammars are matched against, built here because reading 200 K token strings takes a
-        # second or two, which the first structured request would otherwise stall every stream for.
+        # The vocabulary grammars are matched against, built here because reading 200 K token strings takes 2-3 s
+        # on a CPU, which the first structured request would otherwise stall every stream for.
         self._grammar_vocab = (GrammarVocabulary(tokenizer, config.vocab_size, self.default_stop_token_ids)
                                if tokenizer is not None and self.default_stop_token_ids else None)
 
