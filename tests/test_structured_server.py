@@ -69,7 +69,8 @@ class Forecast(BaseModel):
 
 
 def test_openai_parse_helper(client: Any) -> None:
-    parse = client.chat.completions.parse  # openai >= 1.92 (older versions: client.beta.chat.completions.parse)
+    # openai >= 1.92 has it here; older versions (the dev extra allows >= 1.30) under client.beta.
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
     r = parse(model=MODEL, messages=user("Forecast?"), response_format=Forecast, max_tokens=MAX_TOKENS, seed=3)
     parsed = r.choices[0].message.parsed
     assert isinstance(parsed, Forecast) and 1 <= parsed.days <= 7 and len(parsed.city) <= 6
