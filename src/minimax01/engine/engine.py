@@ -345,14 +345,16 @@ class LLMEngine:
         req.all_ids.append(token)
         self._totals["generated"] += 1
         text = ""
-        if token in req.stop_ids:
+        # A grammar ends on an EOS even under ignore_eos (its vocabulary's stop ids), which then is no text either.
+        grammar_eos = req.grammar is not None and req.grammar.finished and token in self.default_stop_token_ids
+        if token in req.stop_ids or grammar_eos:
             req.finish_reason, req.stop_reason = "stop", token  # the stop token's own text is not shown
         elif req.decoder is not None:
             text, hit = req.stop_checker.update(req.decoder.step(token))
             if hit:
                 req.finish_reason, req.stop_reason = "stop", req.stop_checker.matched
         if req.finish_reason is None and req.grammar is not None and req.grammar.finished:
-            req.finish_reason = "stop"  # the grammar allows nothing more (e.g. it ended with an ignored EOS)
+            req.finish_reason = "stop"  # the grammar allows nothing more after this token
         if req.finish_reason is None and req.num_generated >= req.params.max_new_tokens:
             req.finish_reason = "length"
         if req.finish_reason is not None and req.decoder is not None and not req.stop_checker.stopped:
