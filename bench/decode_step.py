@@ -36,7 +36,7 @@ from common import RESULTS, environment, roofline, write_results  # noqa: E402
 
 from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.engine import LLMEngine  # noqa: E402
-from minimax01.sampling import SamplingParams  # noqa: E402
+from minimax01.sampling_params import SamplingParams  # noqa: E402
 
 
 class StepSpan:

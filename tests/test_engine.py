@@ -17,7 +17,7 @@ import torch
 from minimax01.engine import LLMEngine, RequestOutput
 from minimax01.errors import RequestError
 from minimax01.causal_lm import MiniMaxForCausalLM
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 
 
 def prompt(n: int, seed: int) -> list[int]:

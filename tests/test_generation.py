@@ -11,7 +11,7 @@ from minimax01.engine import LLMEngine
 from minimax01.errors import RequestError
 from minimax01.generation import GenerationOutput, StreamEvent, generate
 from minimax01.causal_lm import MiniMaxForCausalLM
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 
 
 PROMPTS = [[5, 17, 300, 42], [7, 8, 9, 10, 11, 12, 13, 14, 15], [200]]

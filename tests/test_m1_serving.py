@@ -192,3 +192,21 @@ def test_text01_function_call_forced_by_weights(text01: Any) -> None:
     s = stream(text01, **kw)
     assert (s["content"], s["finish"], s["reasoning"]) == (TEXT01_CONTENT, "tool_calls", "")
     assert calls_of(s["calls"]) == [("get_weather", {"city": "Paris"})]
+
+
+def test_m1_reasons_then_answers_the_response_format(tmp_path: Path) -> None:
+    # The grammar lets M1 think first; the answer after </think> is the constrained JSON (the weights force both
+    # here, so the test checks that the grammar lets reasoning through and ends with the value).
+    answer = {"city": "Paris", "days": 3}
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "days"],
+              "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
+    ckpt = write_forced_checkpoint(tmp_path / "ckpt", f"<think>{REASONING}</think>\n\n{json.dumps(answer)}",
+                                   M1_GEN_PROMPT, chat_template=M1_TEMPLATE)
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}}
+    for client in serve(ckpt, tmp_path / "json.log"):
+        r = client.chat.completions.create(model=MODEL, messages=user("Weather?"), response_format=fmt,
+                                           max_tokens=200, temperature=0).choices[0]
+        assert r.message.model_extra["reasoning_content"] == REASONING and json.loads(r.message.content) == answer
+        assert r.finish_reason == "stop"
+        got = stream(client, messages=user("Weather?"), response_format=fmt, max_tokens=200, temperature=0)
+        assert (got["reasoning"], json.loads(got["content"]), got["finish"]) == (REASONING, answer, "stop")

@@ -212,7 +212,7 @@ def test_engine_decodes_through_the_runner(triton_backend: None) -> None:
     from conftest import make_model, random_ids
 
     from minimax01.engine import LLMEngine
-    from minimax01.sampling import SamplingParams
+    from minimax01.sampling_params import SamplingParams
 
     model = make_model(runner_config(), dtype=torch.float32).to(DEV)
     prompts = [random_ids(1, n, 512, seed=n)[0].tolist() for n in (7, 3)]

@@ -72,7 +72,7 @@ def _free() -> None:
 def _engine_tokens(model: object, vocab: int, steps: int) -> dict[str, list]:
     """Greedy tokens and logprobs of 3 prompts decoded together through an engine over `model`."""
     from minimax01.engine import LLMEngine
-    from minimax01.sampling import SamplingParams
+    from minimax01.sampling_params import SamplingParams
 
     engine = LLMEngine(model, max_num_seqs=4, max_model_len=PROMPT_LEN + steps + 8, max_num_batched_tokens=512,
                        default_stop_token_ids=[])

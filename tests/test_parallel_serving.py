@@ -24,7 +24,7 @@ from minimax01.parallel.group import init_distributed
 from minimax01.parallel.launch import free_port, spawn
 from minimax01.parallel.lockstep import LockstepModel, follow
 from minimax01.parallel.world import WorldSpec, join_world
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 from conftest import make_model, random_ids
 
 # (prompt length, max_new_tokens, seed): seed None = greedy, else sampled on rank 0 with that seed. With 3 slots

@@ -10,7 +10,7 @@ from minimax01.causal_lm import MiniMaxForCausalLM
 from minimax01.engine import LLMEngine
 from minimax01.engine.prompt_logprobs import score_rows
 from minimax01.errors import RequestError
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 
 from test_engine import engine, prompt, run, tokens
 

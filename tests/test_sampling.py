@@ -8,12 +8,9 @@ import pytest
 import torch
 
 from minimax01.errors import RequestError
-from minimax01.sampling import (
-    Sampler,
-    SamplingParams,
-    StopChecker,
-    make_generator,
-)
+from minimax01.sampling import Sampler, make_generator
+from minimax01.sampling_params import SamplingParams
+from minimax01.stop_strings import StopChecker
 
 # Number of draws for the distribution tests.  With N = 40_000 the standard error of
 # a frequency is <= 0.0025; 5 sigma per cell keeps the false-failure probability

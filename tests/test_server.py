@@ -97,11 +97,12 @@ def server_main(argv: list[str]) -> None:
     ap.add_argument("--api-key")
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     ap.add_argument("--shutdown-timeout", type=float, default=HttpLimits.shutdown_timeout)
+    ap.add_argument("--max-model-len", type=int, default=MAX_MODEL_LEN)
     args = ap.parse_args(argv)
     model, tokenizer, stop_ids = load_for_serving(args.model, "fp32", "cpu")
     install_script(model, tokenizer)
     server = build_server(model, tokenizer, MODEL, api_key=args.api_key, max_num_seqs=MAX_NUM_SEQS,
-                          max_model_len=MAX_MODEL_LEN, max_num_batched_tokens=256, kv_block_size=16,
+                          max_model_len=args.max_model_len, max_num_batched_tokens=256, kv_block_size=16,
                           stop_token_ids=stop_ids, max_body_bytes=args.max_body_bytes,
                           limits=HttpLimits(shutdown_timeout=args.shutdown_timeout))
     run_server(server, "127.0.0.1", args.port, log_level="warning")
@@ -289,11 +290,16 @@ def test_tool_call_non_streaming_and_streaming(client: Any) -> None:
 
 def test_tool_choice_none_required_named(client: Any) -> None:
     kw = {"messages": user(f"{TRIGGER}: weather?"), "tools": [WEATHER_TOOL], "max_tokens": 60, "seed": 2}
-    # none: the tools are not rendered and nothing is parsed (the native text comes back as content).
+    # none: the tools are not rendered and nothing is parsed: the native text comes back as content, by default
+    # without its special tokens (`<function_call>`), as vLLM does; kept, spaced or not, on request.
     none = client.chat.completions.create(model=MODEL, tool_choice="none", **kw)
     auto = client.chat.completions.create(model=MODEL, **kw)
-    assert none.choices[0].message.content == CONTENT + CALL and none.choices[0].message.tool_calls is None
-    assert none.choices[0].finish_reason == "stop"
+    assert none.choices[0].message.content == CONTENT + CALL.replace("<function_call>", "")
+    assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason == "stop"
+    for spaced, text in ((False, CONTENT + CALL), (True, CONTENT + CALL.replace("<function_call>", " <function_call> "))):
+        body = {"skip_special_tokens": False, "spaces_between_special_tokens": spaced}
+        raw = client.chat.completions.create(model=MODEL, tool_choice="none", extra_body=body, **kw)
+        assert raw.choices[0].message.content == text
     assert none.usage.prompt_tokens < auto.usage.prompt_tokens
     # required / named: the call prefix is forced, so the model goes straight to the call (no content).
     named = {"type": "function", "function": {"name": "get_weather"}}

@@ -91,7 +91,7 @@ REAL_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", 
 REAL_BAD = ("x", [1], {"a": 1}, True, NAN, INF)
 INT_FIELDS = ("max_tokens", "seed", "n", "top_k", "max_completion_tokens")
 INT_BAD = ("x", 1.5, [1], True, NAN, -10**30)
-BOOL_FIELDS = ("stream", "ignore_eos", "logprobs")
+BOOL_FIELDS = ("stream", "ignore_eos", "logprobs", "skip_special_tokens", "spaces_between_special_tokens")
 BOOL_BAD = ("yes", 1, [], {})
 BAD_MESSAGES = (
     None, {}, "hi", [None], [[]], [{}], [{"role": "user"}], [{"role": None, "content": "x"}],
@@ -111,6 +111,18 @@ BAD_TOOLS = (
     [{"type": "function", "function": {"name": "f", "parameters": 5}}],
     [{"type": "function", "function": {"name": "f", "description": 5}}], [{"type": "retrieval"}],
 )
+BAD_RESPONSE_FORMATS = (
+    "json", 5, [], {}, {"type": None}, {"type": "yaml"}, {"type": "json_schema"},
+    {"type": "json_schema", "json_schema": "x"}, {"type": "json_schema", "json_schema": {"schema": {}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": []}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": 5}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "pattern": "[a-"}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"properties": {"a": {"$ref": "#/nowhere"}}}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "integer", "minimum": "x"}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "array", "items": 5}}},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "minLength": 5,
+                                                                    "maxLength": 2}}},
+)
 BAD_PROMPTS = (None, 5, 1.5, {"a": 1}, [None], [1.5], [True], [[-1]], [["a"]], [[]], [{"a": 1}], "", [""],
                [10**40], [[1, "a"]])
 RAW_BODIES = (b"", b" ", b"null", b"5", b'"text"', b"[]", b"{", b'{"model": "tiny-test",}', b"{}" + b"x",
@@ -123,6 +135,12 @@ FUZZ += [(f"{f}={v!r}", CHAT, json.dumps(chat(**{f: v})).encode()) for f in INT_
 FUZZ += [(f"{f}={v!r}", CHAT, json.dumps(chat(**{f: v})).encode()) for f in BOOL_FIELDS for v in BOOL_BAD]
 FUZZ += [(f"messages #{i}", CHAT, json.dumps(chat(messages=m)).encode()) for i, m in enumerate(BAD_MESSAGES)]
 FUZZ += [(f"tools #{i}", CHAT, json.dumps(chat(tools=t)).encode()) for i, t in enumerate(BAD_TOOLS)]
+FUZZ += [(f"response_format #{i} {path}", path, json.dumps(make(response_format=f)).encode())
+         for i, f in enumerate(BAD_RESPONSE_FORMATS) for path, make in ((CHAT, chat), (COMPLETIONS, completion))]
+FUZZ += [(f"tool_choice #{i}", CHAT, json.dumps(chat(tools=[{"type": "function", "function": t}],
+                                                     tool_choice="required")).encode())
+         for i, t in enumerate(({"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "x"}}}},
+                                {"name": "f", "parameters": {"type": "object", "required": 5}}))]
 FUZZ += [(f"prompt #{i}", COMPLETIONS, json.dumps(completion(prompt=p)).encode()) for i, p in enumerate(BAD_PROMPTS)]
 FUZZ += [(f"completion logprobs={v!r}", COMPLETIONS, json.dumps(completion(logprobs=v)).encode())
          for v in ("x", -1, 1.5, NAN, 10**30)]

@@ -103,6 +103,15 @@ def test_skip_special_tokens(tok: MiniMaxTokenizer):
     assert tok.decode(ids) == f"{BOS}a{FUNCTION_CALL}b{EOS}"
 
 
+def test_spaces_between_special_tokens(tok: MiniMaxTokenizer):
+    # transformers' slow-tokenizer rule (vLLM's option): special tokens and the text runs between them are joined
+    # by one space; nothing changes when special tokens are skipped.
+    ids = tok.encode(f"{BOS}a{FUNCTION_CALL}{FUNCTION_CALL}b c{EOS}")
+    assert tok.decode(ids, spaces_between_special_tokens=True) == f"{BOS} a {FUNCTION_CALL} {FUNCTION_CALL} b c {EOS}"
+    assert tok.decode(ids, skip_special_tokens=True, spaces_between_special_tokens=True) == "ab c"
+    assert tok.special_token_ids() == sorted(tok.token_to_id(t) for t in SPECIAL_TOKENS)
+
+
 @pytest.mark.parametrize("text", TEXTS)
 def test_encode_matches_transformers(tiny_dir: Path, tok: MiniMaxTokenizer, text: str):
     transformers = pytest.importorskip("transformers")
@@ -112,13 +121,15 @@ def test_encode_matches_transformers(tiny_dir: Path, tok: MiniMaxTokenizer, text
 
 
 # --- incremental decoding ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("spaced", [False, True])
 @pytest.mark.parametrize("skip", [False, True])
-@pytest.mark.parametrize("text", TEXTS)
-def test_incremental_decoder_equals_full_decode(tok: MiniMaxTokenizer, text: str, skip: bool):
+@pytest.mark.parametrize("text", TEXTS + [f"{BOS}x{FUNCTION_CALL}{EOS}{FUNCTION_CALL} y 今天{EOS}"])
+def test_incremental_decoder_equals_full_decode(tok: MiniMaxTokenizer, text: str, skip: bool, spaced: bool):
     ids = tok.encode(text)
-    dec = tok.incremental_decoder(skip_special_tokens=skip)
+    dec = tok.incremental_decoder(skip_special_tokens=skip, spaces_between_special_tokens=spaced)
     pieces = [dec.step(i) for i in ids]
-    assert "".join(pieces) + dec.flush() == tok.decode(ids, skip_special_tokens=skip)
+    assert "".join(pieces) + dec.flush() == tok.decode(ids, skip_special_tokens=skip,
+                                                       spaces_between_special_tokens=spaced)
     if "\ufffd" not in text:
         assert not any("\ufffd" in p for p in pieces)  # incomplete UTF-8 was held back, never shown
 

@@ -17,7 +17,7 @@ from minimax01.engine.engine import LLMEngine
 from minimax01.engine.outputs import RequestOutput
 from minimax01.engine.protocol import StepModel
 from minimax01.errors import RequestError
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from minimax01.tokenizer import MiniMaxTokenizer

@@ -16,159 +16,20 @@ Order of operations in :meth:`Sampler.sample` (same as vLLM / HF):
 4. other rows: temperature, then top-k, then top-p on the renormalised distribution,
    then min-p, then one categorical draw (exponential race with the row's generator).
 
-:class:`StopChecker` handles stop *strings* on the detokenized stream (stop token ids
-are the engine's business: they need no text).
+Requests with a grammar (structured outputs) have their rows masked first: tokens the grammar does not allow
+get ``-inf`` before step 1, so they are never drawn and every later step sees only allowed tokens.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from numbers import Integral, Real
+from dataclasses import dataclass
 
 import torch
 
-from minimax01.errors import RequestError, brief
+from minimax01.sampling_params import SamplingParams
+from minimax01.structured import apply_token_bitmask
 
-__all__ = [
-    "MAX_TOP_LOGPROBS",
-    "SampleOutput",
-    "Sampler",
-    "SamplingParams",
-    "StopChecker",
-    "make_generator",
-]
-
-#: Upper bound on ``SamplingParams.logprobs`` (OpenAI's ``top_logprobs`` limit).
-MAX_TOP_LOGPROBS = 20
-
-# torch.Generator.manual_seed accepts exactly this range; checking it in validate()
-# turns a RuntimeError deep in the engine into a RequestError naming the field.
-_SEED_MIN = -(2**63)
-_SEED_MAX = 2**64 - 1
-
-
-def _is_int(x: object) -> bool:
-    # bool is an int subclass; "top_k": true in JSON is a client bug, not top_k=1.
-    return isinstance(x, Integral) and not isinstance(x, bool)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool)
-
-
-@dataclass
-class SamplingParams:
-    """Per-request sampling parameters.
-
-    Attributes:
-        temperature: softmax temperature; ``0`` means greedy (argmax).
-        top_k: keep the ``top_k`` most likely tokens; ``0`` or ``-1`` disables it.
-        top_p: nucleus sampling; keep the smallest set of tokens whose cumulative
-            probability is ``>= top_p``.  ``1.0`` disables it.
-        min_p: drop tokens whose probability is below ``min_p * max_prob``.
-        repetition_penalty: HF/CTRL penalty over tokens seen in prompt + output
-            (``> 1`` discourages repetition, ``1.0`` disables it).
-        presence_penalty: OpenAI presence penalty over generated tokens.
-        frequency_penalty: OpenAI frequency penalty over generated tokens.
-        seed: per-request RNG seed; ``None`` uses the engine's shared generator.
-        max_new_tokens: maximum number of generated tokens.
-        stop_token_ids: extra token ids that end generation (besides EOS).
-        stop: stop strings; the output is cut just before the first one found.
-        logprobs: number of top log-probabilities to return per token (0..20), or
-            ``None`` for none.
-        ignore_eos: keep generating after EOS (benchmarks).
-        prompt_logprobs: score every prompt token and return this many top log-probabilities per prompt
-            position (0..20), or ``None`` for none; with it ``max_new_tokens`` may be 0 (only score the prompt).
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    max_new_tokens: int = 256
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop: list[str] = field(default_factory=list)
-    logprobs: int | None = None
-    ignore_eos: bool = False
-    prompt_logprobs: int | None = None
-
-    @property
-    def is_greedy(self) -> bool:
-        """True when sampling reduces to argmax (no randomness is drawn)."""
-        return self.temperature == 0 or self.top_k == 1
-
-    def validate(self) -> None:
-        """Check every field; raise :class:`RequestError` naming the first bad one.
-
-        Ranges follow the OpenAI API where it defines them (temperature, top_p,
-        penalties, top_logprobs); the rest follow vLLM.
-        """
-
-        def real_in(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
-            # `not (a <= x <= b)` is also True for NaN, so NaN is rejected for free.
-            ok = _is_real(value) and (
-                (lo < value <= hi) if lo_open else (lo <= value <= hi)  # type: ignore[operator]
-            )
-            if not ok:
-                bracket = "(" if lo_open else "["
-                raise RequestError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {brief(value)}")
-
-        real_in("temperature", self.temperature, 0.0, 2.0)
-        real_in("top_p", self.top_p, 0.0, 1.0, lo_open=True)
-        real_in("min_p", self.min_p, 0.0, 1.0)
-        real_in("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        real_in("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        rp = self.repetition_penalty
-        if not (_is_real(rp) and math.isfinite(rp) and rp > 0):
-            raise RequestError(f"repetition_penalty must be a finite number > 0, got {brief(rp)}")
-        if not (_is_int(self.top_k) and self.top_k >= -1):
-            raise RequestError(
-                f"top_k must be an integer >= -1 (0 or -1 disables it), got {brief(self.top_k)}"
-            )
-        # 0 new tokens is a request to score the prompt (lm-eval's loglikelihood), pointless without scores.
-        min_new = 0 if self.prompt_logprobs is not None else 1
-        if not (_is_int(self.max_new_tokens) and self.max_new_tokens >= min_new):
-            raise RequestError(
-                f"max_new_tokens must be an integer >= 1 (0 only with prompt_logprobs), got "
-                f"{brief(self.max_new_tokens)}"
-            )
-        if self.seed is not None and not (_is_int(self.seed) and _SEED_MIN <= self.seed <= _SEED_MAX):
-            raise RequestError(
-                f"seed must be null or an integer in [{_SEED_MIN}, {_SEED_MAX}], got {brief(self.seed)}"
-            )
-        if self.logprobs is not None and not (
-            _is_int(self.logprobs) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS
-        ):
-            raise RequestError(
-                f"logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got {brief(self.logprobs)}"
-            )
-        if self.prompt_logprobs is not None and not (
-            _is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS
-        ):
-            raise RequestError(
-                f"prompt_logprobs must be null or an integer in [0, {MAX_TOP_LOGPROBS}], got "
-                f"{brief(self.prompt_logprobs)}"
-            )
-        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
-            _is_int(t) and t >= 0 for t in self.stop_token_ids
-        ):
-            raise RequestError(
-                f"stop_token_ids must be a list of non-negative integers, got {brief(self.stop_token_ids)}"
-            )
-        # An empty stop string would match at position 0 and end every request at once.
-        if not isinstance(self.stop, (list, tuple)):
-            raise RequestError(f"stop must be a list of non-empty strings, got {brief(self.stop)}")
-        for i, stop in enumerate(self.stop):
-            if not (isinstance(stop, str) and stop):
-                raise RequestError(f"stop[{i}] must be a non-empty string, got {brief(stop)}")
-        if not isinstance(self.ignore_eos, bool):
-            raise RequestError(f"ignore_eos must be a boolean, got {brief(self.ignore_eos)}")
-
+__all__ = ["SampleOutput", "Sampler", "make_generator"]
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
     """Return a generator on ``device`` seeded with ``seed``, or ``None`` when unseeded.
@@ -193,7 +54,8 @@ class SampleOutput:
             distribution: ``log_softmax`` of the logits after penalties, before
             temperature / top-k / top-p / min-p (vLLM's default "raw" logprobs).  This
             is independent of the sampling knobs, so it is comparable across requests
-            and finite even for tokens a truncation step would have excluded.
+            and finite even for tokens a truncation step would have excluded. For a row masked by a grammar it is
+            the distribution over the tokens the grammar allows (the others have ``-inf``).
         top_logprobs: per row, ``None`` if the request asked for no logprobs, else a
             list of ``(token_id, logprob)`` of the ``params.logprobs`` most likely
             tokens under the same raw distribution, most likely first.
@@ -322,6 +184,8 @@ class Sampler:
         generators: list[torch.Generator | None],
         prev_tokens: list[list[int]],
         prompt_lens: list[int],
+        masked_rows: list[int] | None = None,
+        bitmask: torch.Tensor | None = None,
     ) -> SampleOutput:
         """Choose one token per row.
 
@@ -332,6 +196,9 @@ class Sampler:
                 or ``None`` to use the shared default generator.
             prev_tokens: per row, prompt + generated token ids so far (penalties).
             prompt_lens: per row, how many leading ids of ``prev_tokens`` are prompt.
+            masked_rows: the rows of requests with a grammar, and ``bitmask`` int32
+                ``[len(masked_rows), ceil(V / 32)]`` their allowed tokens (``structured.bitmask``); only these
+                rows are masked, the others are bit-identical to an unmasked call.
 
         A row with a generator draws exactly ``V`` random numbers per non-greedy step
         from it and nothing else, so its token sequence depends only on its own seed and
@@ -344,6 +211,8 @@ class Sampler:
             raise ValueError(f"expected {B} generators, got {len(generators)}")
         logits = logits.float()
         dev = logits.device
+        if masked_rows:
+            logits = apply_token_bitmask(logits, masked_rows, bitmask)
 
         penalised = self.apply_penalties(logits, params, prev_tokens, prompt_lens)
         raw_logprobs = torch.log_softmax(penalised, dim=1)
@@ -408,7 +277,8 @@ class Sampler:
         vals_l, ids_l = vals.tolist(), ids.tolist()
         for i, n in enumerate(want):
             if n:
-                result[i] = list(zip(ids_l[i][:n], vals_l[i][:n]))
+                # A grammar's masked tokens have logprob -inf: not candidates, and not representable in JSON.
+                result[i] = [(t, v) for t, v in zip(ids_l[i][:n], vals_l[i][:n]) if v != float("-inf")]
         return result
 
 
@@ -437,69 +307,3 @@ def _flatten_ids(
     if c.numel() and (int(c.min()) < 0 or int(c.max()) >= V):
         raise ValueError(f"token id out of range [0, {V}) in prev_tokens")
     return r, c
-
-
-class StopChecker:
-    """Incremental stop-string detection for one request's detokenized stream.
-
-    Text is released as soon as it cannot be the beginning of a stop string; a suffix
-    that could still grow into one is held back until the next delta decides it.
-
-    Args:
-        stop: stop strings (non-empty).  With none, every delta passes straight through.
-    """
-
-    def __init__(self, stop: list[str]) -> None:
-        if any(not s for s in stop):
-            raise ValueError("stop strings must be non-empty")
-        self.stop = list(stop)
-        self._held = ""
-        self._max_hold = max((len(s) for s in self.stop), default=1) - 1
-        #: True once a stop string has been found; later updates return ("", True).
-        self.stopped = False
-        #: The stop string that ended the stream (OpenAI's ``stop_reason``), or None.
-        self.matched: str | None = None
-
-    def update(self, new_text: str) -> tuple[str, bool]:
-        """Feed the next detokenized delta.
-
-        Returns:
-            ``(text, hit)``: ``text`` is safe to emit now; if ``hit``, a stop string was
-            found and ``text`` ends exactly before it (the stop string and anything after
-            it are dropped).
-        """
-        if self.stopped:
-            return "", True
-        buf = self._held + new_text
-        if not self.stop:
-            return buf, False
-        # Earliest match over all stop strings.  Any match must start inside the held
-        # text or the new delta: text already emitted was, by construction, not a
-        # prefix of any stop string, so no stop string can straddle it.
-        first = -1
-        for s in self.stop:
-            j = buf.find(s)
-            if j != -1 and (first == -1 or j < first):
-                first, self.matched = j, s
-        if first != -1:
-            self.stopped = True
-            self._held = ""
-            return buf[:first], True
-        hold = self._partial_suffix_len(buf)
-        self._held = buf[len(buf) - hold :]
-        return buf[: len(buf) - hold], False
-
-    def flush(self) -> str:
-        """Return held-back text at the end of the stream (empty if stopped)."""
-        out, self._held = self._held, ""
-        return "" if self.stopped else out
-
-    def _partial_suffix_len(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of a stop string."""
-        # Check longest first; a shorter suffix can match when a longer one does not,
-        # so every length must be tried, not just until the first failure.
-        for n in range(min(len(buf), self._max_hold), 0, -1):
-            tail = buf[-n:]
-            if any(s.startswith(tail) for s in self.stop):
-                return n
-        return 0

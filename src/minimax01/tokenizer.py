@@ -81,6 +81,7 @@ class MiniMaxTokenizer:
         self.eos_token = eos_token
         self.unk_token = unk_token
         self.eos_token_id: int | None = tokenizer.token_to_id(eos_token)
+        self._special: frozenset[int] | None = None  # special_token_ids(), read once
 
     @property
     def vocab_size(self) -> int:
@@ -91,9 +92,37 @@ class MiniMaxTokenizer:
         """Token ids of `text`; special-token strings in it become their single ids; no BOS is prepended."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Text of `ids`. Keep skip_special_tokens False where tool calls matter: `<function_call>` is special."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False,
+               spaces_between_special_tokens: bool = False) -> str:
+        """Text of `ids`. Keep skip_special_tokens False where tool calls matter: `<function_call>` is special.
+        spaces_between_special_tokens: join the special tokens kept and the text runs between them with one
+        space each (transformers' slow-tokenizer and vLLM's option of that name)."""
+        ids = list(ids)
+        if not spaces_between_special_tokens or skip_special_tokens:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        special = self._special_ids()
+        pieces: list[str] = []
+        run: list[int] = []  # ids of the current text run
+        for token_id in ids + [-1]:  # -1: end marker that flushes the last run
+            if token_id in special or token_id == -1:
+                if run:
+                    pieces.append(self.tokenizer.decode(run, skip_special_tokens=False))
+                    run = []
+                if token_id != -1:
+                    pieces.append(self.tokenizer.decode([token_id], skip_special_tokens=False))
+            else:
+                run.append(token_id)
+        return " ".join(pieces)
+
+    def special_token_ids(self) -> list[int]:
+        """Ids of the special tokens (BOS, EOS, `<function_call>`, ...), ascending."""
+        return sorted(self._special_ids())
+
+    def _special_ids(self) -> frozenset[int]:
+        if self._special is None:
+            decoder = self.tokenizer.get_added_tokens_decoder()
+            self._special = frozenset(i for i, tok in decoder.items() if tok.special)
+        return self._special
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a token string, None if unknown."""
@@ -118,9 +147,10 @@ class MiniMaxTokenizer:
         text = render_chat(messages, tools, add_generation_prompt, chat_template=self.chat_template)
         return self.encode(text) if tokenize else text
 
-    def incremental_decoder(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
-        """A fresh IncrementalDecoder for one generated sequence."""
-        return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+    def incremental_decoder(self, skip_special_tokens: bool = False,
+                            spaces_between_special_tokens: bool = False) -> IncrementalDecoder:
+        """A fresh IncrementalDecoder for one generated sequence (options as in `decode`)."""
+        return IncrementalDecoder(self, skip_special_tokens, spaces_between_special_tokens)
 
 
 class IncrementalDecoder:
@@ -130,28 +160,47 @@ class IncrementalDecoder:
     UTF-8 sequence is left incomplete. Emitting a decoded chunk on its own is exact for byte-level BPE (the
     MiniMax/GPT-2 decoder has no context-dependent rules such as dropped leading spaces), and UTF-8 is
     self-synchronising, so later bytes never change a completed character. The concatenation of all steps
-    plus `flush()` equals `decode` of all ids.
+    plus `flush()` equals `decode` of all ids (with the same options).
+
+    With `spaces_between_special_tokens` (and special tokens kept), a special token is a piece of its own: the
+    text run before it is emitted first, and one space goes between two non-empty pieces, as `decode` joins them.
     """
 
-    def __init__(self, tokenizer: MiniMaxTokenizer, skip_special_tokens: bool = False) -> None:
+    def __init__(self, tokenizer: MiniMaxTokenizer, skip_special_tokens: bool = False,
+                 spaces_between_special_tokens: bool = False) -> None:
         self._tok = tokenizer
         self._skip = skip_special_tokens
+        self._spaced = spaces_between_special_tokens and not skip_special_tokens
+        self._special = frozenset(tokenizer.special_token_ids()) if self._spaced else frozenset()
         self._pending: list[int] = []  # ids whose text has not been emitted yet
+        self._emitted = False  # a piece was emitted (a later piece is preceded by a space when spaced)
+        self._last_special = False  # the last piece was a special token
 
     def step(self, token_id: int) -> str:
         """Adds one token; returns the new text (possibly "" while a character is incomplete)."""
+        if token_id in self._special:
+            run = self.flush()  # the text run before the special token ends here
+            return run + self._piece(self._tok.decode([token_id]), special=True)
         self._pending.append(token_id)
         text = self._tok.decode(self._pending, self._skip)
         if not text or text.endswith("\ufffd"):
             return ""
         self._pending = []
-        return text
+        return self._piece(text, special=False)
 
     def flush(self) -> str:
         """Text still held back (an incomplete or invalid byte sequence at the end, shown as U+FFFD)."""
-        text = self._tok.decode(self._pending, self._skip)
+        text = self._tok.decode(self._pending, self._skip) if self._pending else ""
         self._pending = []
-        return text
+        return self._piece(text, special=False)
+
+    def _piece(self, text: str, special: bool) -> str:
+        """`text` with the space that joins it to the previous piece: between a special token and anything."""
+        if not text or not self._spaced:
+            return text
+        joined = " " + text if self._emitted and (special or self._last_special) else text
+        self._emitted, self._last_special = True, special
+        return joined
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> MiniMaxTokenizer:

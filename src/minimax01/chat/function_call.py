@@ -206,3 +206,7 @@ class FunctionCallParser:
     def forced_prefix(self, name: str | None) -> str:
         # With a name the prefix ends at the "(" of its arguments, so only that tool can be called.
         return _CALL_HEAD if name is None else f"{_CALL_HEAD}{name}("
+
+    def call_frame(self, name: str) -> tuple[str, str]:
+        before, _, after = render_tool_call(name, "\0").partition("\0")  # the one writer of the format
+        return before, after

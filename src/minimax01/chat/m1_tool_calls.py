@@ -139,3 +139,7 @@ class ToolCallsParser:
         # With a name the prefix ends where the arguments object begins, so only that tool can be called.
         head = f"{OPEN}\n"
         return head if name is None else f'{head}{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": '
+
+    def call_frame(self, name: str) -> tuple[str, str]:
+        # One call on its own line, then the block's end: what _parse_body reads back.
+        return self.forced_prefix(name), f"}}\n{CLOSE}"

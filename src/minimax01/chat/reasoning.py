@@ -53,6 +53,10 @@ def _tail_prefix_len(text: str, marker: str) -> int:
 class ReasoningParser(Protocol):
     """One model family's reasoning format."""
 
+    #: (opening, closing) markers of the reasoning block that may start an output (structured outputs let a
+    #: model reason inside them before the constrained answer).
+    markers: tuple[str, str]
+
     def parse(self, text: str) -> tuple[str | None, str]:
         """(reasoning or None when there is none, answer) of a whole output."""
         ...
@@ -111,6 +115,8 @@ class ThinkStreamParser:
 
 class ThinkParser:
     """The ReasoningParser of MiniMax-M1 (`<think>…</think>` at the start of the output)."""
+
+    markers = (THINK_OPEN, THINK_CLOSE)
 
     def parse(self, text: str) -> tuple[str | None, str]:
         stream = ThinkStreamParser()

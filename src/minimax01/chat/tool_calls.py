@@ -65,3 +65,8 @@ class ToolCallParser(Protocol):
         """Output text that leaves the model no choice but to continue a call: of any tool (`name` None) or of
         the tool `name` (OpenAI tool_choice "required" / named). The parser is fed it before the generated text."""
         ...
+
+    def call_frame(self, name: str) -> tuple[str, str]:
+        """(text before, text after) the arguments JSON in one complete call of `name` as the model writes it:
+        the frame of a grammar that guarantees a call (`forced_prefix` of the same call is a prefix of `before`)."""
+        ...

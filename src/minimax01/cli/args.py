@@ -165,7 +165,7 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 def sampling_kwargs(args: argparse.Namespace, defaults: dict[str, float] | None = None) -> dict[str, Any]:
     """The sampling flags as generate() keyword arguments, validated by SamplingParams (message names the flag).
     `defaults`: the checkpoint's generation_config.json values, for the flags not given."""
-    from minimax01.sampling import SamplingParams
+    from minimax01.sampling_params import SamplingParams
 
     defaults = defaults or {}
 

@@ -22,8 +22,11 @@ from minimax01.engine.prompt_logprobs import score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
 from minimax01.errors import RequestError
-from minimax01.sampling import Sampler, SamplingParams, StopChecker, make_generator
+from minimax01.sampling import Sampler, make_generator
+from minimax01.sampling_params import SamplingParams
+from minimax01.stop_strings import StopChecker
 from minimax01.special_tokens import DEFAULT_EOS_TOKEN_ID
+from minimax01.structured import GrammarMatcher, GrammarVocabulary, fill_bitmasks
 
 if TYPE_CHECKING:
     from minimax01.tokenizer import MiniMaxTokenizer
@@ -126,6 +129,10 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._totals = {"prompt": 0, "generated": 0, "finished": 0}
         self._last_step = (0, 0)  # (sequences, tokens) of the last model call
+        # The vocabulary grammars are matched against, built here because reading 200 K token strings takes 2-3 s
+        # on a CPU, which the first structured request would otherwise stall every stream for.
+        self._grammar_vocab = (GrammarVocabulary(tokenizer, config.vocab_size, self.default_stop_token_ids)
+                               if tokenizer is not None and self.default_stop_token_ids else None)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
@@ -147,6 +154,11 @@ class LLMEngine:
                                f"({self.store.num_kv_blocks} blocks of {self.kv_block_size}); lower max_new_tokens")
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need a tokenizer; the engine has none (use stop_token_ids)")
+        grammar = None
+        if params.grammar is not None:
+            if self._grammar_vocab is None:
+                raise RequestError("structured outputs need a tokenizer and a stop token; the engine has none")
+            grammar = GrammarMatcher(self._grammar_vocab, params.grammar)
         with self._lock:
             if request_id is None:
                 request_id = uuid.uuid4().hex
@@ -164,9 +176,12 @@ class LLMEngine:
                 params=params,
                 generator=make_generator(params.seed, self.model.device),
                 stop_ids=frozenset(stop_ids),
-                decoder=self.tokenizer.incremental_decoder() if self.tokenizer is not None else None,
+                decoder=(self.tokenizer.incremental_decoder(params.skip_special_tokens,
+                                                            params.spaces_between_special_tokens)
+                         if self.tokenizer is not None else None),
                 stop_checker=StopChecker(list(params.stop)),
                 prompt_scores=[] if params.prompt_logprobs is not None else None,
+                grammar=grammar,
             )
             self._requests[request_id] = req
             self.scheduler.add(req)
@@ -254,10 +269,16 @@ class LLMEngine:
                 rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
                 logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
             if sampling and reqs:
+                # Rows with a grammar are masked; a row whose matcher failed (no token allowed) is sampled with the
+                # others (rows are independent) and its request failed below.
+                masked, bitmask, failed = fill_bitmasks(self._grammar_vocab, [r.grammar for r in reqs])
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
-                                          [r.all_ids for r in reqs], [r.prompt_len for r in reqs])
+                                          [r.all_ids for r in reqs], [r.prompt_len for r in reqs], masked, bitmask)
                 tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
                 for i, req in enumerate(reqs):
+                    if req.grammar is not None and (i in failed or not req.grammar.accept(tokens[i])):
+                        self._fail(req, outputs, f"the output grammar failed: {req.grammar.error}")
+                        continue
                     outputs.append(self._append_token(req, tokens[i], lps[i], out.top_logprobs[i]))
             return outputs
 
@@ -324,12 +345,16 @@ class LLMEngine:
         req.all_ids.append(token)
         self._totals["generated"] += 1
         text = ""
-        if token in req.stop_ids:
+        # A grammar ends on an EOS even under ignore_eos (its vocabulary's stop ids), which then is no text either.
+        grammar_eos = req.grammar is not None and req.grammar.finished and token in self.default_stop_token_ids
+        if token in req.stop_ids or grammar_eos:
             req.finish_reason, req.stop_reason = "stop", token  # the stop token's own text is not shown
         elif req.decoder is not None:
             text, hit = req.stop_checker.update(req.decoder.step(token))
             if hit:
                 req.finish_reason, req.stop_reason = "stop", req.stop_checker.matched
+        if req.finish_reason is None and req.grammar is not None and req.grammar.finished:
+            req.finish_reason = "stop"  # the grammar allows nothing more after this token
         if req.finish_reason is None and req.num_generated >= req.params.max_new_tokens:
             req.finish_reason = "length"
         if req.finish_reason is not None and req.decoder is not None and not req.stop_checker.stopped:

@@ -25,9 +25,11 @@ import torch
 
 from minimax01.cache import StateStore
 from minimax01.engine.prompt_logprobs import PromptLogprob
-from minimax01.sampling import SamplingParams, StopChecker
+from minimax01.sampling_params import SamplingParams
+from minimax01.stop_strings import StopChecker
 
 if TYPE_CHECKING:
+    from minimax01.structured import GrammarMatcher
     from minimax01.tokenizer import IncrementalDecoder
 
 
@@ -52,6 +54,8 @@ class Request:
     # Scores of prompt tokens 1.. so far, when params.prompt_logprobs asks for them (else None); sent once.
     prompt_scores: list[PromptLogprob] | None = field(default=None, repr=False)
     prompt_scores_sent: bool = field(default=False, repr=False)
+    # Where the output is in params.grammar (None without one): masks the sampler's row, advances per token.
+    grammar: GrammarMatcher | None = field(default=None, repr=False)
 
     @property
     def output_ids(self) -> list[int]:

@@ -7,10 +7,16 @@ same parser for streaming and non-streaming responses. `tool_choice`:
 - "auto" (default with tools): tools are rendered, output is parsed;
 - "none": tools are NOT rendered (the model does not see them) and output is returned as plain content;
 - "required" / named: the prompt ends with the parser's forced prefix (for MiniMax-Text-01
-  `<function_call>```typescript\\nfunctions.`, or `...functions.NAME(` for a named tool), so the model can only
-  continue a call; the prefix is fed to the parser before the generated text. Its tokens count as prompt
-  tokens. Without constrained decoding the continuation may still be malformed; it is then returned as content
-  (prefix included), never as a broken tool call.
+  `<function_call>```typescript\\nfunctions.`, or `...functions.NAME(` for a named tool), and the output is
+  constrained by a grammar (server/structured_outputs.py) to the rest of one call whose arguments match the
+  tool's parameter schema, so the response always carries that call (finish_reason "tool_calls" unless max_tokens
+  cut it). The prefix is fed to the parser before the generated text; its tokens count as prompt tokens.
+While tool calls are parsed, the text keeps special tokens unspaced whatever `skip_special_tokens` /
+`spaces_between_special_tokens` say: Text-01's `<function_call>` is a special token.
+
+`response_format` (`json_object` / `json_schema`) constrains the answer; a family with a reasoning parser (M1)
+may first write its reasoning block, unconstrained up to the closing marker, which comes back as
+`reasoning_content`. It cannot be combined with a forced tool call.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from minimax01.server.context import ServerContext
 from minimax01.server.openai_format import chat_delta, chat_logprobs, chat_message, include_usage, usage
 from minimax01.server.request_parsing import choice_seeds, parse_request, sampling_params
 from minimax01.server.runner import Submission
-from minimax01.server.schemas import ChatCompletionRequest
+from minimax01.server.schemas import ChatCompletionRequest, NamedToolChoice
+from minimax01.server.structured_outputs import response_format_grammar, tool_choice_grammar
 from minimax01.server.streaming import collect, stream_response
 
 
@@ -61,9 +68,24 @@ def _tool_plan(req: ChatCompletionRequest, ctx: ServerContext) -> tuple[list[dic
     return tools, True, ctx.tool_parser.forced_prefix(name)
 
 
+def _output_grammar(req: ChatCompletionRequest, ctx: ServerContext, tools: list[dict[str, Any]] | None) -> str | None:
+    """The grammar of a forced tool call (tool_choice "required" / named) or of `response_format`, if any."""
+    choice = req.tool_choice
+    fmt = response_format_grammar(req.response_format,
+                                  ctx.reasoning_parser.markers if ctx.reasoning_parser is not None else None)
+    if not tools or not (choice == "required" or isinstance(choice, NamedToolChoice)):
+        return fmt
+    if fmt is not None:
+        raise APIError(400, "response_format cannot be combined with tool_choice 'required' or a named tool (the "
+                            "output is then a tool call)", param="response_format")
+    return tool_choice_grammar(tools, choice.function.name if isinstance(choice, NamedToolChoice) else None,
+                               ctx.tool_parser)
+
+
 async def chat_completion(request: Request, ctx: ServerContext) -> Response:
     req: ChatCompletionRequest = await parse_request(request, ctx, ChatCompletionRequest)
     tools, parse_tools, prefix = _tool_plan(req, ctx)
+    grammar = await asyncio.to_thread(_output_grammar, req, ctx, tools)  # a large schema takes a while to check
 
     def tokenize() -> list[int]:
         prompt = render_chat(req.messages, tools, add_generation_prompt=True, chat_template=ctx.chat_template,
@@ -82,7 +104,8 @@ async def chat_completion(request: Request, ctx: ServerContext) -> Response:
         max_tokens, max_field = req.max_completion_tokens, "max_completion_tokens"
     names = {"max_new_tokens": max_field, "logprobs": "top_logprobs"}
     rid = f"chatcmpl-{uuid.uuid4().hex}"
-    subs = [Submission(prompt_ids, sampling_params(req, ctx, len(prompt_ids), max_tokens, logprobs, seed, names),
+    subs = [Submission(prompt_ids, sampling_params(req, ctx, len(prompt_ids), max_tokens, logprobs, seed, names,
+                                                   grammar=grammar, raw_text=parse_tools),
                        f"{rid}-{i}") for i, seed in enumerate(choice_seeds(req.seed, req.n))]
     choices = [Choice(i, OutputStream(ctx.reasoning_parser.streaming() if ctx.reasoning_parser else None,
                                       ctx.tool_parser.streaming() if parse_tools else None)) for i in range(req.n)]

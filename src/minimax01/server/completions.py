@@ -19,6 +19,7 @@ from minimax01.server.context import ServerContext
 from minimax01.server.openai_format import (completion_logprobs, echo_logprobs, include_usage, join_logprobs, usage,
                                             vllm_prompt_logprobs)
 from minimax01.server.request_parsing import choice_seeds, parse_request, sampling_params
+from minimax01.server.structured_outputs import response_format_grammar
 from minimax01.server.runner import Submission
 from minimax01.server.schemas import CompletionRequest
 from minimax01.server.streaming import collect, stream_response
@@ -74,7 +75,10 @@ async def completion(request: Request, ctx: ServerContext) -> Response:
     names = {"max_new_tokens": "max_tokens"}
     scores = _prompt_scores(req)
     # Choice p * n + i: prompt p, seed + i.
-    subs = [Submission(ids, sampling_params(req, ctx, len(ids), req.max_tokens, req.logprobs, seed, names, scores),
+    # vLLM's extension: structured outputs here too. Off the event loop: a large schema takes a while to check.
+    grammar = await asyncio.to_thread(response_format_grammar, req.response_format)
+    subs = [Submission(ids, sampling_params(req, ctx, len(ids), req.max_tokens, req.logprobs, seed, names, scores,
+                                            grammar=grammar),
                        f"{rid}-{p * req.n + i}")
             for p, ids in enumerate(prompts) for i, seed in enumerate(choice_seeds(req.seed, req.n))]
     choices = [Choice(i, OutputStream(None, None)) for i in range(len(subs))]  # plain text: no parsing

@@ -12,7 +12,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from minimax01.errors import RequestError
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 from minimax01.server.api_error import APIError, request_error
 from minimax01.server.context import ServerContext
 from minimax01.server.schemas import ChatCompletionRequest
@@ -110,9 +110,12 @@ async def parse_request(request: Request, ctx: ServerContext, model: type[BaseMo
 
 
 def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: int | None, logprobs: int | None,
-                    seed: int | None, names: dict[str, str], prompt_logprobs: int | None = None) -> SamplingParams:
+                    seed: int | None, names: dict[str, str], prompt_logprobs: int | None = None,
+                    grammar: str | None = None, raw_text: bool = False) -> SamplingParams:
     """SamplingParams of one choice; prompt length and max_tokens are checked against max_model_len.
-    `names`: the API names of the max_new_tokens / logprobs fields (for error messages)."""
+    `names`: the API names of the max_new_tokens / logprobs fields (for error messages). `grammar`: what the
+    output must match (server/structured_outputs.py). `raw_text`: keep special tokens, unspaced, whatever the
+    request says (a tool-call parser reads them)."""
     if prompt_len >= ctx.max_model_len:
         raise APIError(400, f"the prompt has {prompt_len} tokens; this model's maximum context length is "
                             f"{ctx.max_model_len} tokens (prompt + completion)",
@@ -136,7 +139,9 @@ def sampling_params(req: Any, ctx: ServerContext, prompt_len: int, max_tokens: i
         min_p=req.min_p, repetition_penalty=req.repetition_penalty,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         seed=seed, max_new_tokens=max_tokens, stop=stop, logprobs=logprobs, ignore_eos=req.ignore_eos,
-        prompt_logprobs=prompt_logprobs,
+        prompt_logprobs=prompt_logprobs, grammar=grammar,
+        skip_special_tokens=req.skip_special_tokens and not raw_text,
+        spaces_between_special_tokens=req.spaces_between_special_tokens and not raw_text,
     )
     try:
         params.validate()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from minimax01.errors import MiniMaxError
-from minimax01.sampling import SamplingParams
+from minimax01.sampling_params import SamplingParams
 from minimax01.server.metrics import ServerMetrics
 
 log = logging.getLogger("minimax01.server")

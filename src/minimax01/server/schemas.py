@@ -33,9 +33,17 @@ class NamedToolChoice(_Strict):
     function: FunctionName
 
 
+class JsonSchemaFormat(_Strict):
+    name: str
+    description: str | None = None
+    # `schema` would shadow a pydantic BaseModel attribute; the JSON key is still "schema".
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the output always matches the schema (constrained decoding), strict or not
+
+
 class ResponseFormat(_Strict):
-    # Structured outputs need constrained decoding, which the engine does not do (yet).
-    type: Literal["text"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _SamplingFields(_Strict):
@@ -59,6 +67,9 @@ class _SamplingFields(_Strict):
     ignore_eos: bool = False
     # Accepted only when empty/neutral: supporting them needs engine hooks that do not exist yet.
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None  # structured outputs (server/structured_outputs.py)
+    skip_special_tokens: bool = True  # vLLM's detokenization options
+    spaces_between_special_tokens: bool = True
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -68,7 +79,6 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extra chat-template variables (vLLM's extension)
 
 
