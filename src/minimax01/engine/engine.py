@@ -266,16 +266,23 @@ class LLMEngine:
                     self._finish(c.request)
             if sampling:
                 keep = [i for i, c in enumerate(sampling) if c.request.finish_reason is None]  # not failed scoring
-                rows = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
-                logits, reqs = self._drop_non_finite(rows, [sampling[i].request for i in keep], outputs)
+                logits = logits[:len(sampling)] if len(keep) == len(sampling) else logits[keep]
+                reqs = [sampling[i].request for i in keep]
+                # A row holding a NaN or inf is sampled as zeros and its request failed below: no host sync
+                # before the sampler, so building the grammar masks overlaps the model's GPU work.
+                finite = torch.isfinite(logits).all(dim=1)  # [rows] bool, on the device
+                logits.masked_fill_(~finite[:, None], 0.0)
             if sampling and reqs:
                 # Rows with a grammar are masked; a row whose matcher failed (no token allowed) is sampled with the
                 # others (rows are independent) and its request failed below.
                 masked, bitmask, failed = fill_bitmasks(self._grammar_vocab, [r.grammar for r in reqs])
                 out = self.sampler.sample(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                           [r.all_ids for r in reqs], [r.prompt_len for r in reqs], masked, bitmask)
-                tokens, lps = out.tokens.tolist(), out.logprobs.tolist()
+                tokens, lps, ok = out.tokens.tolist(), out.logprobs.tolist(), finite.tolist()
                 for i, req in enumerate(reqs):
+                    if not ok[i]:
+                        self._fail(req, outputs, NON_FINITE_LOGITS)
+                        continue
                     if req.grammar is not None and (i in failed or not req.grammar.accept(tokens[i])):
                         self._fail(req, outputs, f"the output grammar failed: {req.grammar.error}")
                         continue
@@ -295,19 +302,6 @@ class LLMEngine:
                 continue
             targets = [req.all_ids[q + 1] for q in positions]
             req.prompt_scores.extend(score_rows(rows, targets, req.params.prompt_logprobs))
-
-    def _drop_non_finite(self, logits: torch.Tensor, reqs: list[Request],
-                         outputs: list[RequestOutput]) -> tuple[torch.Tensor, list[Request]]:
-        """Fails (finish_reason "error") the requests whose logits row holds a NaN or inf; returns the rows and
-        requests left to sample. One device sync per step, next to the sampler's own."""
-        finite = torch.isfinite(logits).all(dim=1).tolist()
-        if all(finite):
-            return logits, reqs
-        for req, ok in zip(reqs, finite):
-            if not ok:
-                self._fail(req, outputs, NON_FINITE_LOGITS)
-        keep = [i for i, ok in enumerate(finite) if ok]
-        return logits[keep], [reqs[i] for i in keep]
 
     def _run_model(self, chunks: list[ScheduledChunk], sampling: list[ScheduledChunk],
                    scoring: list[tuple[ScheduledChunk, range]]) -> torch.Tensor:
