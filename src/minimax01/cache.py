@@ -4,6 +4,8 @@
   Its size does not depend on the sequence length.
 - Softmax layers: a paged KV cache `[softmax_layers, blocks, block_size, kv_heads, head_dim]` (keys after
   RoPE); each slot owns a list of blocks, so memory follows the real lengths, not `max_model_len`.
+  Blocks are reference-counted: a full block may sit in several slots' tables at once (a shared prompt prefix,
+  engine/prefix_cache.py, which holds a reference of its own); it returns to the free list with its last one.
 
 A step of the model works on a `BatchInfo`: which slots, how many tokens each already has (`start_pos`)
 and how many new tokens it brings (`num_new`). Tokens of all sequences are concatenated (no padding).
@@ -110,6 +112,7 @@ class StateStore:
         self.k_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.free_blocks: list[int] = list(range(blocks - 1, -1, -1))
+        self.block_refs: list[int] = [0] * blocks  # holders of each block: slot tables + the prefix cache
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
@@ -140,12 +143,49 @@ class StateStore:
         """Returns the slot and all its KV blocks at once."""
         if slot not in self.block_tables:
             return
-        self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
+        for block in reversed(self.block_tables.pop(slot)):
+            self.release_block(block)
         del self.seq_lens[slot]
         self._positions.pop(slot, None)
         self.free_slots.append(slot)
         if self.op_log is not None:
             self.op_log.append(("free", slot))
+
+    def attach_prefix(self, slot: int, length: int, blocks: list[int], state: torch.Tensor) -> None:
+        """Starts the fresh `slot` from a cached prefix of `length` tokens: its table begins with the full,
+        read-only KV `blocks` of those tokens (shared: one more reference each; none without softmax layers) and
+        its lightning state becomes `state` ([linear_layers, heads, D, D] fp32, the state after the prefix).
+        Decode and prefill write only at positions >= the length, i.e. into blocks of the slot's own."""
+        if self.full_index and len(blocks) * self.kv_block_size != length:
+            raise ValueError(f"a shared prefix is whole blocks: {len(blocks)} blocks cannot hold {length} tokens")
+        if self.seq_lens.get(slot) != 0:
+            raise ValueError(f"slot {slot} is not fresh: a prefix can only start an empty sequence")
+        if self.op_log is not None:
+            raise RuntimeError("a mirrored store (op_log) replays allocate/free only; it cannot share a prefix")
+        for block in blocks:
+            self.retain_block(block)
+        self.block_tables[slot] = list(blocks)
+        self.seq_lens[slot] = length
+        self.lightning[:, slot].copy_(state)
+        if blocks:
+            self._set_blocks(slot, 0, blocks)
+            pos = torch.arange(length)
+            flat = torch.tensor(blocks, dtype=torch.long)[pos // self.kv_block_size] * self.kv_block_size
+            self._append_positions(slot, 0, (flat + pos % self.kv_block_size).to(self.device))
+
+    def retain_block(self, block: int) -> None:
+        """One more holder of a block that is in use (a slot's table or the prefix cache)."""
+        if self.block_refs[block] <= 0:
+            raise ValueError(f"KV block {block} is free; only a block in use can be shared")
+        self.block_refs[block] += 1
+
+    def release_block(self, block: int) -> None:
+        """One holder fewer; the last one returns the block to the free list."""
+        self.block_refs[block] -= 1
+        if self.block_refs[block] == 0:
+            self.free_blocks.append(block)
+        elif self.block_refs[block] < 0:
+            raise RuntimeError(f"KV block {block} released more often than held")
 
     @property
     def num_free_slots(self) -> int:
@@ -174,6 +214,7 @@ class StateStore:
             grown[:, :old] = t
             setattr(self, name, grown)
         self.free_blocks = list(range(new - 1, old - 1, -1)) + self.free_blocks
+        self.block_refs.extend([0] * (new - old))
 
     def prepare(self, batch: BatchInfo) -> torch.Tensor:
         """Reserves KV blocks for the new tokens and returns their flat cache positions [T]
@@ -191,6 +232,7 @@ class StateStore:
             have = len(table)
             for _ in range(self.blocks_needed(slot, n)):
                 table.append(self.free_blocks.pop())
+                self.block_refs[table[-1]] = 1
             if len(table) > have:
                 self._set_blocks(slot, have, table[have:])
             if self.full_index and n:
