@@ -67,7 +67,10 @@ def check_refs(eng: LLMEngine) -> None:
     store, cache = eng.store, eng.prefix_cache
     held = Counter(b for table in store.block_tables.values() for b in table)
     if cache is not None:
-        held.update(e.kv_block for e in cache.blocks.values() if e.kv_block is not None)
+        kept = [e.kv_block for e in cache.blocks.values() if e.kv_block is not None]
+        held.update(kept)
+        assert set(kept) == store.kept_blocks
+        assert store.num_idle_kept == sum(store.block_refs[b] == 1 for b in kept)
         assert not cache.pending or eng.has_unfinished()
     assert all(store.block_refs[b] == held.get(b, 0) for b in range(store.num_kv_blocks))
     assert sorted(store.free_blocks) == [b for b in range(store.num_kv_blocks) if held.get(b, 0) == 0]

@@ -113,6 +113,8 @@ class StateStore:
         self.v_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.free_blocks: list[int] = list(range(blocks - 1, -1, -1))
         self.block_refs: list[int] = [0] * blocks  # holders of each block: slot tables + the prefix cache
+        self.kept_blocks: set[int] = set()  # blocks the prefix cache holds a reference on (`keep_block`)
+        self.num_idle_kept = 0  # ... of which no slot holds any: the cache can give them back at once
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
@@ -177,6 +179,8 @@ class StateStore:
         """One more holder of a block that is in use (a slot's table or the prefix cache)."""
         if self.block_refs[block] <= 0:
             raise ValueError(f"KV block {block} is free; only a block in use can be shared")
+        if self.block_refs[block] == 1 and block in self.kept_blocks:
+            self.num_idle_kept -= 1
         self.block_refs[block] += 1
 
     def release_block(self, block: int) -> None:
@@ -186,6 +190,22 @@ class StateStore:
             self.free_blocks.append(block)
         elif self.block_refs[block] < 0:
             raise RuntimeError(f"KV block {block} released more often than held")
+        elif self.block_refs[block] == 1 and block in self.kept_blocks:
+            self.num_idle_kept += 1
+
+    def keep_block(self, block: int) -> None:
+        """The prefix cache takes a reference on a block a slot holds (counted apart: see num_idle_kept)."""
+        if block in self.kept_blocks:
+            raise ValueError(f"KV block {block} is kept already")
+        self.retain_block(block)
+        self.kept_blocks.add(block)
+
+    def unkeep_block(self, block: int) -> None:
+        """The prefix cache drops its reference (the block is free if no slot holds it)."""
+        self.kept_blocks.remove(block)
+        if self.block_refs[block] == 1:
+            self.num_idle_kept -= 1
+        self.release_block(block)
 
     @property
     def num_free_slots(self) -> int:

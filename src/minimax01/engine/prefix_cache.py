@@ -189,7 +189,7 @@ class PrefixCache:
             if keys[i] not in self.blocks:
                 kv = table[i] if self.has_kv else None
                 if kv is not None:
-                    self.store.retain_block(kv)
+                    self.store.keep_block(kv)
                 self.blocks[keys[i]] = CachedBlock(keys[i - 1] if i else None, tuple(tokens[i * bs:(i + 1) * bs]), kv)
         self._touch(keys[:n])
         self.snapshots.put(keys[n - 1], self.store.lightning[:, slot])
@@ -199,27 +199,26 @@ class PrefixCache:
     def evict(self, num_blocks: int) -> int:
         """Frees up to `num_blocks` KV blocks that only the cache holds, least recently used first; returns how
         many it freed."""
-        freed = 0
-        for key in [k for k, e in self.blocks.items() if e.kv_block is not None]:
-            if freed >= num_blocks:
+        refs = self.store.block_refs
+        victims = []
+        for key, entry in self.blocks.items():
+            if len(victims) >= num_blocks:
                 break
-            kv = self.blocks[key].kv_block
-            if self.store.block_refs[kv] == 1:  # held by the cache alone
-                del self.blocks[key]
-                self.snapshots.discard(key)
-                self.store.release_block(kv)
-                self.num_evicted_blocks += 1
-                freed += 1
-        return freed
+            if entry.kv_block is not None and refs[entry.kv_block] == 1:  # held by the cache alone
+                victims.append(key)
+        for key in victims:
+            self.store.unkeep_block(self.blocks.pop(key).kv_block)
+            self.snapshots.discard(key)
+        self.num_evicted_blocks += len(victims)
+        return len(victims)
 
     def num_reclaimable_blocks(self) -> int:
         """KV blocks that only the cache holds (free for the taking)."""
-        refs = self.store.block_refs
-        return sum(1 for e in self.blocks.values() if e.kv_block is not None and refs[e.kv_block] == 1)
+        return self.store.num_idle_kept
 
     def stats(self) -> PrefixCacheStats:
-        kv_blocks = sum(1 for e in self.blocks.values() if e.kv_block is not None)
         store = self.store
+        kv_blocks = len(store.kept_blocks)
         block_bytes = 2 * store.k_cache[:, 0].numel() * store.k_cache.element_size()  # keys + values, all layers
         return PrefixCacheStats(self.num_queries, self.num_hits, self.num_hit_tokens, self.num_evicted_blocks,
                                 self.snapshots.num_evictions, kv_blocks, len(self.snapshots),
