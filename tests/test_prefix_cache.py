@@ -17,8 +17,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from minimax01.config import MiniMaxConfig
 from minimax01.engine import LLMEngine
 from minimax01.engine.prefix_cache import PrefixCache, PrefixHit

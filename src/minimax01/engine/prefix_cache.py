@@ -100,7 +100,8 @@ class PrefixCache:
     def chunk_end(self, start: int, end: int, total: int, prompt_len: int) -> int:
         """Where a prefill chunk from `start` that the token budget would end at `end` (<= total) ends: at a
         multiple of `unit` (unless the budget is smaller than one, or it is the end of the sequence) and never
-        past the next snapshot position. The same boundaries fresh or restored keep the arithmetic identical."""
+        past the next snapshot position. The same boundaries fresh or restored keep the arithmetic identical.
+        Always past `start` when `end` is (the next snapshot position is)."""
         if end < total and end // self.unit * self.unit > start:
             end = end // self.unit * self.unit
         nxt = (start // self.interval + 1) * self.interval

@@ -151,8 +151,8 @@ class Scheduler:
         return sum(need(c.request.slot, c.num_new + 1) - need(c.request.slot, c.num_new) for c in chunks)
 
     def _chunk_size(self, req: Request, start: int, budget: int) -> int:
-        """Tokens of `req` to compute from `start` in this step (0: none fit the budget where the cache needs the
-        chunk to end)."""
+        """Tokens of `req` to compute from `start` in this step (budget > 0): all pending ones that fit, the chunk
+        ending where the prefix cache needs it to (at least one token: see PrefixCache.chunk_end)."""
         n = min(len(req.all_ids) - start, budget)
         if self.prefix is None:
             return n
@@ -190,8 +190,6 @@ class Scheduler:
         """Gives `req` a slot, starting from `hit`; returns (chunk tokens, blocks reserved for it, one more token's
         blocks), or None (nothing changed) when the budget or the KV blocks do not allow it now."""
         n = self._chunk_size(req, hit.length, budget)
-        if n <= 0:
-            return None
         need = self.blocks_for(hit.length + n) - len(hit.kv_blocks)
         own_next = self.blocks_for(hit.length + n + 1) - self.blocks_for(hit.length + n)
         slot = self.store.allocate()
@@ -224,8 +222,6 @@ class Scheduler:
             if req.slot is None:  # preempted earlier in this loop
                 continue
             n = self._chunk_size(req, req.num_computed, budget)
-            if n <= 0:
-                continue
             need = self.store.blocks_needed(req.slot, n)
             while self._short(need, reserved):
                 victim = next((r for r in reversed(self.running) if id(r) not in scheduled and r is not req), req)
