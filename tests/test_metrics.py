@@ -19,7 +19,7 @@ EXPECTED = {
     "minimax01_prefix_cache_queries": "gauge", "minimax01_prefix_cache_hits": "gauge",
     "minimax01_prefix_cache_hit_tokens": "gauge", "minimax01_prefix_cache_evicted_kv_blocks": "gauge",
     "minimax01_prefix_cache_evicted_snapshots": "gauge", "minimax01_prefix_cache_snapshot_bytes": "gauge",
-    "minimax01_prefix_cache_kv_bytes": "gauge",
+    "minimax01_prefix_cache_kv_bytes": "gauge", "minimax01_prefix_cache_host_snapshot_bytes": "gauge",
 }
 
 

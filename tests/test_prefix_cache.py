@@ -219,6 +219,20 @@ def test_eviction_under_pressure(model: torch.nn.Module, cfg: MiniMaxConfig) -> 
     assert eng.stats().free_kv_blocks == 100  # blocks only the cache holds count as free
 
 
+def test_snapshots_spill_to_host_memory_and_come_back(model: torch.nn.Module, cfg: MiniMaxConfig) -> None:
+    """Room for one snapshot on the device and four on the host: the first prompt's snapshots move to the host
+    while the others run, and its second run restores from there (copied back), with the same results."""
+    snapshot = len(cfg.linear_layers) * cfg.num_attention_heads * cfg.head_dim ** 2 * 4
+    prompts = [ids(700, 60), ids(700, 61), ids(700, 60)]
+    eng = engine(model, prefix_cache_bytes=snapshot, prefix_cache_host_bytes=4 * snapshot)
+    on = one_by_one(eng, prompts)
+    assert_same(on, one_by_one(engine(model, caching=False), prompts))
+    snapshots = eng.prefix_cache.snapshots
+    assert on[-1]["cached"] == 512 and snapshots.num_reloads >= 1 and snapshots.num_spills >= 3
+    assert snapshots.bytes_used <= snapshot and snapshots.host_bytes_used <= 4 * snapshot
+    assert len(snapshots) == 4 and snapshots.num_evictions == 0
+
+
 def test_preemption_keeps_results_and_references(model: torch.nn.Module) -> None:
     system = ids(600, 30)
     prompts = [system + ids(50 + 10 * i, 31 + i) for i in range(4)]

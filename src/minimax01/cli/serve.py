@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--prefix-cache-memory", type=parse_bytes, metavar="BYTES",
                    help="device memory for lightning-state snapshots, e.g. 8G (default 4G); cached KV blocks "
                         "live in --kv-cache-memory")
+    g.add_argument("--prefix-cache-host-memory", type=parse_bytes, metavar="BYTES",
+                   help="host memory (pinned on CUDA) that snapshots move to when --prefix-cache-memory is full, "
+                        "copied back asynchronously on a hit (default 0: evicted snapshots are dropped)")
     defaults = HttpLimits()
     p.add_argument("--read-timeout", type=seconds, default=defaults.read_timeout, metavar="SECONDS",
                    help="a request's head, and then its body, must arrive within this time, else the connection "
@@ -99,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "tool_call_parser": args.tool_call_parser, "reasoning_parser": args.reasoning_parser,
         "check_weights": not args.skip_weight_check, "prefix_caching": args.enable_prefix_caching,
         "prefix_snapshot_interval": args.prefix_snapshot_interval, "prefix_cache_memory": args.prefix_cache_memory,
+        "prefix_cache_host_memory": args.prefix_cache_host_memory,
         "limits": HttpLimits(args.read_timeout, args.timeout_keep_alive, args.max_connections, args.shutdown_timeout),
     }
     # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).

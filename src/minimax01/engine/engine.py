@@ -77,6 +77,7 @@ class LLMEngine:
             follower ranks mirror only slot allocation.
         prefix_snapshot_interval: tokens between lightning-state snapshots (a multiple of lcm(256, page)).
         prefix_cache_bytes: memory of the lightning-state snapshots on the model's device.
+        prefix_cache_host_bytes: host memory that snapshots are spilled to when the device budget is full.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class LLMEngine:
         prefix_caching: bool = True,
         prefix_snapshot_interval: int | None = None,
         prefix_cache_bytes: int | None = None,
+        prefix_cache_host_bytes: int = 0,
     ) -> None:
         config = model.config
         self.tokenizer = tokenizer
@@ -126,7 +128,7 @@ class LLMEngine:
         # A graph runner captures every graph size here (a no-op off CUDA), before the first request.
         self.store = self.model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
         self.prefix_cache = (new_prefix_cache(self.store, config, model.dtype, prefix_snapshot_interval,
-                                              prefix_cache_bytes)
+                                              prefix_cache_bytes, prefix_cache_host_bytes)
                              if prefix_caching and self.store.op_log is None else None)
         self.scheduler = Scheduler(self.store, max_num_batched_tokens, self.prefix_cache)
         self.sampler = Sampler()

@@ -21,7 +21,8 @@ state in the same order with or without the restore, and the softmax layers read
 
 Eviction: least recently used first, when the scheduler needs free KV blocks (`evict`); an entry whose block a
 running request still holds frees nothing and stays. Lookups touch the deepest block first, so a prefix is
-evicted from its end. Snapshots have their own byte budget (snapshots.py) and are dropped with their block.
+evicted from its end. Snapshots have their own byte budgets, on the device and optionally in host memory
+(snapshots.py), and are dropped with their block.
 
 Concurrent requests: the snapshot keys a running request will produce are *pending*; a request whose next
 snapshot is pending waits in the queue (`must_wait`) instead of prefilling the same tokens a second time.
@@ -57,8 +58,9 @@ class PrefixCacheStats:
     evicted_blocks: int  # KV blocks evicted (with the snapshots on them)
     evicted_snapshots: int  # snapshots evicted, for their budget or with their block
     kv_blocks: int  # KV blocks the cache holds a reference on
-    snapshots: int  # snapshots kept
-    snapshot_bytes: int  # their memory
+    snapshots: int  # snapshots kept (both tiers)
+    snapshot_bytes: int  # device memory of the snapshots
+    host_snapshot_bytes: int  # host memory of the spilled snapshots
     kv_bytes: int  # memory of the KV blocks the cache holds
 
 
@@ -76,7 +78,8 @@ class PrefixCache:
     """Block keys, shared KV blocks and lightning snapshots of the prefixes one engine has prefilled.
     `salt` names everything besides the tokens that changes the numbers (dtype, quantization, ...)."""
 
-    def __init__(self, store: StateStore, lightning_block: int, interval: int, budget_bytes: int, salt: str) -> None:
+    def __init__(self, store: StateStore, lightning_block: int, interval: int, budget_bytes: int, salt: str,
+                 host_budget_bytes: int = 0) -> None:
         self.store = store
         self.block_size = store.kv_block_size
         self.unit = math.lcm(lightning_block, self.block_size)
@@ -87,7 +90,7 @@ class PrefixCache:
         self.salt = hashlib.blake2b(salt.encode(), digest_size=16).digest()
         self.has_kv = bool(store.full_index)
         self.blocks: OrderedDict[bytes, CachedBlock] = OrderedDict()  # least recently used first
-        self.snapshots = SnapshotStore(budget_bytes)
+        self.snapshots = SnapshotStore(store.device, budget_bytes, host_budget_bytes)
         self.pending: dict[bytes, int] = {}  # snapshot key -> id of the request that is computing it
         self.num_queries = self.num_hits = self.num_hit_tokens = self.num_evicted_blocks = 0
 
@@ -223,7 +226,7 @@ class PrefixCache:
         block_bytes = 2 * store.k_cache[:, 0].numel() * store.k_cache.element_size()  # keys + values, all layers
         return PrefixCacheStats(self.num_queries, self.num_hits, self.num_hit_tokens, self.num_evicted_blocks,
                                 self.snapshots.num_evictions, kv_blocks, len(self.snapshots),
-                                self.snapshots.bytes_used, kv_blocks * block_bytes)
+                                self.snapshots.bytes_used, self.snapshots.host_bytes_used, kv_blocks * block_bytes)
 
 
 # Snapshot spacing when none is given: a multiple of every usual `unit` (lcm(256, KV page) for pages up to 256).
@@ -235,10 +238,11 @@ DEFAULT_CACHE_BYTES = 4 << 30
 
 
 def new_prefix_cache(store: StateStore, config: MiniMaxConfig, model_dtype: torch.dtype,
-                     interval: int | None = None, budget_bytes: int | None = None) -> PrefixCache:
+                     interval: int | None = None, budget_bytes: int | None = None,
+                     host_budget_bytes: int = 0) -> PrefixCache:
     """The prefix cache of an engine's store; the salt holds what changes the numbers besides the tokens: the
     model and KV dtypes, the state dtype, int8 quantization, the page and lightning block sizes."""
     quant = config.extra.get("quantization_config")
     salt = f"{model_dtype}|{store.dtype}|{store.lightning.dtype}|{quant}|{store.kv_block_size}|{config.block_size}"
     return PrefixCache(store, config.block_size, interval or DEFAULT_SNAPSHOT_INTERVAL,
-                       DEFAULT_CACHE_BYTES if budget_bytes is None else budget_bytes, salt)
+                       DEFAULT_CACHE_BYTES if budget_bytes is None else budget_bytes, salt, host_budget_bytes)

@@ -39,6 +39,8 @@ ENGINE_GAUGES: tuple[tuple[str, str, str], ...] = (
      "prefix_cache_evicted_snapshots"),
     ("prefix_cache_snapshot_bytes", "Device memory of the cached lightning-state snapshots.",
      "prefix_cache_snapshot_bytes"),
+    ("prefix_cache_host_snapshot_bytes", "Host memory of the snapshots spilled from the device.",
+     "prefix_cache_host_snapshot_bytes"),
     ("prefix_cache_kv_bytes", "Memory of the KV blocks the prefix cache holds (part of the KV pool).",
      "prefix_cache_kv_bytes"),
 )
