@@ -97,6 +97,16 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return (num / max(den, 1e-60)) ** 0.5
 
 
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolated q-th percentile (q in [0, 100]); nan for no data."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
 def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: dict[str, Any],
                   results_dir: Path | None = None) -> list[Path]:
     """<results_dir, default bench/results>/<name>-<date>.json and .md (one Markdown table per section); copies go

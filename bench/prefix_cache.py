@@ -30,8 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_results  # noqa: E402
-from serve import percentile  # noqa: E402
+from common import environment, percentile, write_results  # noqa: E402
 
 from minimax01.causal_lm import MiniMaxForCausalLM  # noqa: E402
 from minimax01.cli.args import parse_bytes  # noqa: E402
