@@ -23,7 +23,7 @@ if [ "${1:-}" != bench ]; then
   python3 -m pytest -q -p no:cacheprovider -W "error:CUDA-graph capture failed:RuntimeWarning" tests/test_kernels.py \
     tests/test_paged_attention.py tests/test_moe_decode.py tests/test_fused_ops.py tests/test_quant_kernels.py \
     tests/test_quant.py tests/test_engine.py tests/test_generation.py tests/test_cli.py tests/test_longctx.py \
-    2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
+    tests/test_prefix_cache.py 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
   for g in 1 0; do
     MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \
       --temperature 0 > /tmp/gen$g.txt
@@ -42,6 +42,7 @@ else
   TP=$([ "$GPUS" -ge 2 ] && echo 2 || echo 1)
   python3 bench/decode_step.py --tp $TP 2>&1 | tee "$OUTDIR/decode-step.log" | grep -vE "^\s*$" | tail -12
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7
+  python3 bench/prefix_cache.py --device cuda --dims real --layers 8 2>&1 | tail -20
   for tp in 1 $TP; do
     python3 bench/serve.py --real-dims-layers 8 --device cuda --tp $tp --concurrency 1 16 64 --prompt-len 256 \
       --max-tokens 128 --max-num-seqs 64 --name serve-cuda-8layers-tp$tp 2>&1 | tail -4

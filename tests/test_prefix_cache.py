@@ -282,3 +282,21 @@ def test_abort_mid_prefill_leaves_no_reference(model: torch.nn.Module) -> None:
         eng.step()
     check_refs(eng)
     assert not eng.prefix_cache.pending
+
+
+# ---------------------------------------------------------------------- GPU (bench/gpu_suite.sh runs these)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_multi_turn_matches_caching_off(cfg: MiniMaxConfig, dtype: torch.dtype) -> None:
+    """The same chat on the GPU path: Triton kernels, snapshots and restores on the device, decode steps replayed
+    from CUDA graphs over block tables that map shared blocks. Greedy tokens must be equal (fp32 logprobs are not
+    compared here: the Triton kernels use tf32 products for fp32 inputs)."""
+    gpu = make_model(cfg, dtype=dtype).cuda()
+    prompts = conversation(seed=9)
+    eng = engine(gpu)
+    on = one_by_one(eng, prompts)
+    off = one_by_one(engine(gpu, caching=False), prompts)
+    assert [r["tokens"] for r in on] == [r["tokens"] for r in off]
+    assert [r["cached"] for r in on] == [0, 512, 768]
+    assert eng.graphs is not None and eng.graphs.num_replays > 0
