@@ -176,7 +176,7 @@ def run_mode(model: MiniMaxForCausalLM, w: Workload, args: argparse.Namespace, c
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         rows["multi-turn"]["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del eng
+    del eng, warm, timer  # the timers hold the engine too: free its store before the next mode's
     gc.collect()
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
