@@ -5,7 +5,8 @@ inputs), in this process (no HTTP: TTFT is measured from `add_request` to the st
 - multi-turn: a shared system prompt (+ tools) of `--system-tokens`, `--conversations` chats of `--turns` turns;
   each turn appends the previous reply and a new message of ~`--turn-tokens` tokens and is sent when the previous
   turn of its chat has finished (all chats run concurrently);
-- many users: `--users` requests of the same system prompt plus a message of their own, sent at once.
+- many users: `--users` requests of another system prompt (not cached yet) plus a message of their own, sent
+  at once: one request computes the prompt, the others wait for its snapshots and restore them.
 Replies are greedy with `ignore_eos` (exactly `--max-tokens` tokens). Reported per workload and mode: TTFT
 p50/p90 (turn 1 and turns >= 2 apart for the chats), mean TTFT of turns >= 2, throughput, the cache's hit rate
 (prompt tokens served from it / prompt tokens) and memory, and whether every reply is identical on vs off.
@@ -62,6 +63,8 @@ class Workload:
 
         self.system = ids(args.system_tokens)
         self.messages = [[ids(jitter(args.turn_tokens)) for _ in range(args.turns)] for _ in range(args.conversations)]
+        # Its own system prompt: the first user computes it while the others wait for its snapshots.
+        self.users_system = ids(args.system_tokens)
         self.users = [ids(jitter(args.turn_tokens)) for _ in range(args.users)]
 
 
@@ -124,7 +127,7 @@ def multi_turn(eng: LLMEngine, w: Workload, args: argparse.Namespace) -> tuple[T
 def many_users(eng: LLMEngine, w: Workload, args: argparse.Namespace) -> tuple[Timer, float]:
     timer = Timer(eng, args.max_tokens)
     for u, message in enumerate(w.users):
-        timer.submit(u, w.system + message)
+        timer.submit(u, w.users_system + message)
     return timer, timer.run(lambda tag: None, max_steps=100_000)
 
 
