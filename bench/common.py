@@ -97,9 +97,20 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return (num / max(den, 1e-60)) ** 0.5
 
 
-def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[Path]:
-    """bench/results/<name>-<date>.json and .md (one Markdown table per section); copies go to $OUT when set
-    (a folder the caller collects results from)."""
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolated q-th percentile (q in [0, 100]); nan for no data."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: dict[str, Any],
+                  results_dir: Path | None = None) -> list[Path]:
+    """<results_dir, default bench/results>/<name>-<date>.json and .md (one Markdown table per section); copies go
+    to $OUT when set (a folder the caller collects results from)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     payload = {"meta": meta, "sections": sections}
     md = [f"# {name} benchmark ({stamp})", ""]
@@ -111,7 +122,7 @@ def write_results(name: str, sections: dict[str, list[dict[str, Any]]], meta: di
         md += ["", f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         md += ["| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |" for row in rows]
     text = {"json": json.dumps(payload, indent=1), "md": "\n".join(md) + "\n"}
-    dirs = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    dirs = [results_dir or RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     paths = []
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)

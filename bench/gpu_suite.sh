@@ -25,7 +25,7 @@ if [ "${1:-}" != bench ]; then
     tests/test_paged_attention.py tests/test_moe_decode.py tests/test_fused_ops.py tests/test_quant_kernels.py \
     tests/test_quant.py tests/test_engine.py tests/test_generation.py tests/test_cli.py tests/test_longctx.py \
     tests/test_attention_prefill.py tests/test_lightning_segmented.py tests/test_moe_prefill_choice.py \
-    2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
+    tests/test_prefix_cache.py 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
   for g in 1 0; do
     MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \
       --temperature 0 > /tmp/gen$g.txt
@@ -47,6 +47,7 @@ else
   python3 bench/attention_prefill.py 2>&1 | tail -12
   python3 bench/prefill_kernels.py 2>&1 | tail -20  # prints the MoE table row and the lightning switch to set
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7
+  python3 bench/prefix_cache.py --device cuda --dims real --layers 8 2>&1 | tail -20
   for tp in 1 $TP; do
     python3 bench/serve.py --real-dims-layers 8 --device cuda --tp $tp --concurrency 1 16 64 --prompt-len 256 \
       --max-tokens 128 --max-num-seqs 64 --name serve-cuda-8layers-tp$tp 2>&1 | tail -4

@@ -31,19 +31,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_results  # noqa: E402
+from common import environment, percentile, write_results  # noqa: E402
 
 from minimax01.config import MiniMaxConfig  # noqa: E402
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolated q-th percentile (q in [0, 100]); nan for no data."""
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    k = (len(xs) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 async def one_request(http: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> dict[str, Any]:

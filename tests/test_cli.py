@@ -397,3 +397,19 @@ def test_serve_help_shows_every_default() -> None:
     for action in serve._actions:
         if action.option_strings and action.nargs != 0:  # flags that take a value
             assert "default" in serve._get_formatter()._expand_help(action), action.option_strings
+
+
+def test_serve_prefix_caching_flags_reach_the_server(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import minimax01.server.serve as serve_module
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(serve_module, "serve", lambda **kw: seen.append(kw))
+    assert cli.main(["serve", "--model", str(tiny_dir), "--device", "cpu"]) == 0
+    assert cli.main(["serve", "--model", str(tiny_dir), "--device", "cpu", "--no-enable-prefix-caching",
+                     "--prefix-snapshot-interval", "2048", "--prefix-cache-memory", "1G",
+                     "--prefix-cache-host-memory", "2G"]) == 0
+    default, custom = seen
+    assert default["prefix_caching"] is True
+    assert "prefix_snapshot_interval" not in default and "prefix_cache_memory" not in default
+    assert (custom["prefix_caching"], custom["prefix_snapshot_interval"]) == (False, 2048)
+    assert (custom["prefix_cache_memory"], custom["prefix_cache_host_memory"]) == (2**30, 2**31)

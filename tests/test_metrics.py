@@ -1,5 +1,5 @@
 """/metrics through prometheus_client: every metric name, type and label the hand-written renderer exported is
-still there, values follow the updates, gauges read the engine at scrape time, and OpenMetrics is negotiated."""
+still there (and the prefix cache's), values follow the updates, gauges read the engine at scrape time, and OpenMetrics is negotiated."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ EXPECTED = {
     "minimax01_num_requests_running": "gauge", "minimax01_free_slots": "gauge", "minimax01_num_slots": "gauge",
     "minimax01_free_kv_blocks": "gauge", "minimax01_num_kv_blocks": "gauge",
     "minimax01_last_step_batch_tokens": "gauge", "minimax01_preemptions": "gauge",
+    "minimax01_prefix_cache_queries": "gauge", "minimax01_prefix_cache_hits": "gauge",
+    "minimax01_prefix_cache_hit_tokens": "gauge", "minimax01_prefix_cache_evicted_kv_blocks": "gauge",
+    "minimax01_prefix_cache_evicted_snapshots": "gauge", "minimax01_prefix_cache_snapshot_bytes": "gauge",
+    "minimax01_prefix_cache_kv_bytes": "gauge", "minimax01_prefix_cache_host_snapshot_bytes": "gauge",
 }
 
 

@@ -208,6 +208,31 @@ def test_metrics_exposition_format(server: str) -> None:
     assert families["minimax01_free_kv_blocks"].type == "gauge"
 
 
+def test_cached_tokens_in_usage_and_metrics(client: Any, server: str, tokenizer: Any) -> None:
+    """A prompt sent again is served from the prefix cache up to its last multiple of 256 (lcm of the lightning
+    block and the 16-token KV page): usage.prompt_tokens_details.cached_tokens says so, in the JSON response and
+    in the final usage chunk of a stream, and /metrics counts the hit."""
+    before = metrics(server)
+    ids = [(7 * i + 3) % 500 for i in range(300)]
+    first = client.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0.0)
+    assert first.usage.prompt_tokens == 300 and first.usage.prompt_tokens_details.cached_tokens == 0
+    usage = [c.usage for c in client.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0.0,
+                                                           stream=True, stream_options={"include_usage": True})
+             if c.usage is not None]
+    assert len(usage) == 1 and usage[0].prompt_tokens_details.cached_tokens == 256
+    from minimax01.chat.template import render_chat
+
+    messages = user("cache " * 100)
+    assert 256 < len(tokenizer.encode(render_chat(messages))) < 500
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert again.usage.prompt_tokens_details.cached_tokens == 256
+    after = wait_idle(server)
+    assert after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"] == 512
+    assert after["prefix_cache_queries"] - before["prefix_cache_queries"] == 4
+    assert after["prefix_cache_snapshot_bytes"] > 0
+
+
 def test_chat_non_streaming_and_streaming_agree(client: Any, tokenizer: Any) -> None:
     from minimax01.chat.template import render_chat
 

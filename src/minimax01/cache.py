@@ -4,6 +4,8 @@
   Its size does not depend on the sequence length.
 - Softmax layers: a paged KV cache `[softmax_layers, blocks, block_size, kv_heads, head_dim]` (keys after
   RoPE); each slot owns a list of blocks, so memory follows the real lengths, not `max_model_len`.
+  Blocks are reference-counted: a full block may sit in several slots' tables at once (a shared prompt prefix,
+  engine/prefix_cache.py, which holds a reference of its own); it returns to the free list with its last one.
 
 A step of the model works on a `BatchInfo`: which slots, how many tokens each already has (`start_pos`)
 and how many new tokens it brings (`num_new`). Tokens of all sequences are concatenated (no padding).
@@ -119,6 +121,9 @@ class StateStore:
         self.k_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(kv_shape, dtype=dtype, device=self.device)
         self.free_blocks: list[int] = list(range(blocks - 1, -1, -1))
+        self.block_refs: list[int] = [0] * blocks  # holders of each block: slot tables + the prefix cache
+        self.kept_blocks: set[int] = set()  # blocks the prefix cache holds a reference on (`keep_block`)
+        self.num_idle_kept = 0  # ... of which no slot holds any: the cache can give them back at once
         self.free_slots: list[int] = list(range(max_seqs - 1, -1, -1))
         self.block_tables: dict[int, list[int]] = {}
         self.seq_lens: dict[int, int] = {}
@@ -147,11 +152,63 @@ class StateStore:
         """Returns the slot and all its KV blocks at once."""
         if slot not in self.block_tables:
             return
-        self.free_blocks.extend(reversed(self.block_tables.pop(slot)))
+        for block in reversed(self.block_tables.pop(slot)):
+            self.release_block(block)
         del self.seq_lens[slot]
         self.free_slots.append(slot)
         if self.op_log is not None:
             self.op_log.append(("free", slot))
+
+    def attach_prefix(self, slot: int, length: int, blocks: list[int], state: torch.Tensor) -> None:
+        """Starts the fresh `slot` from a cached prefix of `length` tokens: its table begins with the full,
+        read-only KV `blocks` of those tokens (shared: one more reference each; none without softmax layers) and
+        its lightning state becomes `state` ([linear_layers, heads, D, D] fp32, the state after the prefix).
+        Decode and prefill write only at positions >= the length, i.e. into blocks of the slot's own."""
+        if self.full_index and len(blocks) * self.kv_block_size != length:
+            raise ValueError(f"a shared prefix is whole blocks: {len(blocks)} blocks cannot hold {length} tokens")
+        if self.seq_lens.get(slot) != 0:
+            raise ValueError(f"slot {slot} is not fresh: a prefix can only start an empty sequence")
+        if self.op_log is not None:
+            raise RuntimeError("a mirrored store (op_log) replays allocate/free only; it cannot share a prefix")
+        for block in blocks:
+            self.retain_block(block)
+        self.block_tables[slot] = list(blocks)
+        self.seq_lens[slot] = length
+        self.lightning[:, slot].copy_(state)
+        if blocks:
+            self._set_blocks(slot, 0, blocks)
+
+    def retain_block(self, block: int) -> None:
+        """One more holder of a block that is in use (a slot's table or the prefix cache)."""
+        if self.block_refs[block] <= 0:
+            raise ValueError(f"KV block {block} is free; only a block in use can be shared")
+        if self.block_refs[block] == 1 and block in self.kept_blocks:
+            self.num_idle_kept -= 1
+        self.block_refs[block] += 1
+
+    def release_block(self, block: int) -> None:
+        """One holder fewer; the last one returns the block to the free list."""
+        self.block_refs[block] -= 1
+        if self.block_refs[block] == 0:
+            self.free_blocks.append(block)
+        elif self.block_refs[block] < 0:
+            raise RuntimeError(f"KV block {block} released more often than held")
+        elif self.block_refs[block] == 1 and block in self.kept_blocks:
+            self.num_idle_kept += 1
+
+    def keep_block(self, block: int) -> None:
+        """The prefix cache takes a reference on a block a slot holds (counted apart: see num_idle_kept)."""
+        if block in self.kept_blocks:
+            raise ValueError(f"KV block {block} is kept already")
+        self.retain_block(block)
+        self.kept_blocks.add(block)
+
+    def unkeep_block(self, block: int) -> None:
+        """The prefix cache drops its reference (the block is free if no slot holds it)."""
+        self.kept_blocks.remove(block)
+        if self.block_refs[block] == 1:
+            self.num_idle_kept -= 1
+        self.release_block(block)
 
     @property
     def num_free_slots(self) -> int:
@@ -180,6 +237,7 @@ class StateStore:
             grown[:, :old] = t
             setattr(self, name, grown)
         self.free_blocks = list(range(new - 1, old - 1, -1)) + self.free_blocks
+        self.block_refs.extend([0] * (new - old))
 
     def prepare(self, batch: BatchInfo) -> torch.Tensor:
         """Reserves KV blocks for the new tokens and returns their flat cache positions [T]
@@ -199,6 +257,7 @@ class StateStore:
             have = len(table)
             for _ in range(self.blocks_needed(slot, n)):
                 table.append(self.free_blocks.pop())
+                self.block_refs[table[-1]] = 1
             if len(table) > have:
                 self._set_blocks(slot, have, table[have:])
             if not self.full_index or not n:

@@ -60,6 +60,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=parse_bytes, metavar="BYTES",
                    help="largest accepted request body; bigger ones get HTTP 413 (default 32M)")
     add_chat_format_flags(p)
+    g = p.add_argument_group("prefix caching (docs/prefix_caching.md)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV blocks and lightning states of prompt prefixes that earlier requests "
+                        "prefilled (default on; off for --tp/--ep > 1)")
+    g.add_argument("--prefix-snapshot-interval", type=positive_int, metavar="N",
+                   help="tokens between lightning-state snapshots, a multiple of lcm(256, --kv-block-size) "
+                        "(default 1024); every prompt's last multiple of that lcm is snapshotted too")
+    g.add_argument("--prefix-cache-memory", type=parse_bytes, metavar="BYTES",
+                   help="device memory for lightning-state snapshots, e.g. 8G (default 4G); cached KV blocks "
+                        "live in --kv-cache-memory")
+    g.add_argument("--prefix-cache-host-memory", type=parse_bytes, metavar="BYTES",
+                   help="host memory (pinned on CUDA) that snapshots move to when --prefix-cache-memory is full, "
+                        "copied back asynchronously on a hit (default 0: evicted snapshots are dropped)")
     defaults = HttpLimits()
     p.add_argument("--read-timeout", type=seconds, default=defaults.read_timeout, metavar="SECONDS",
                    help="a request's head, and then its body, must arrive within this time, else the connection "
@@ -87,7 +100,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "kv_block_size": args.kv_block_size, "kv_cache_memory": args.kv_cache_memory,
         "max_body_bytes": args.max_body_bytes, "load_format": args.load_format, "chat_template": args.chat_template,
         "tool_call_parser": args.tool_call_parser, "reasoning_parser": args.reasoning_parser,
-        "check_weights": not args.skip_weight_check,
+        "check_weights": not args.skip_weight_check, "prefix_caching": args.enable_prefix_caching,
+        "prefix_snapshot_interval": args.prefix_snapshot_interval, "prefix_cache_memory": args.prefix_cache_memory,
+        "prefix_cache_host_memory": args.prefix_cache_host_memory,
         "limits": HttpLimits(args.read_timeout, args.timeout_keep_alive, args.max_connections, args.shutdown_timeout),
     }
     # Flags left at None fall back to serve()'s own defaults (--dtype: bf16 on GPU, fp32 on CPU).

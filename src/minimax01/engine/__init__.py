@@ -5,6 +5,8 @@
 - outputs.py: `RequestOutput` (what a step produced for a request), `EngineStats`.
 - prompt_logprobs.py: which prefill rows score prompt tokens, and their scores.
 - scheduler.py: which requests run in the next step, and with how many tokens.
+- prefix_cache.py: `PrefixCache`, cached prompt prefixes (shared KV blocks + lightning snapshots).
+- snapshots.py: `SnapshotStore`, lightning-state snapshots in device and host byte budgets.
 - cuda_graph.py: `DecodeGraphRunner`, a StepModel that replays decode steps from CUDA graphs.
 """
 

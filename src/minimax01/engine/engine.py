@@ -18,6 +18,7 @@ from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
 from minimax01.engine.outputs import EngineStats, RequestOutput
+from minimax01.engine.prefix_cache import new_prefix_cache
 from minimax01.engine.prompt_logprobs import score_rows, scored_positions
 from minimax01.engine.protocol import StepModel
 from minimax01.engine.scheduler import Request, ScheduledChunk, Scheduler
@@ -75,6 +76,11 @@ class LLMEngine:
             `default_stop_ids()`. A request's own `stop_token_ids` always apply.
         cuda_graphs: wrap the model in a DecodeGraphRunner, which replays pure-decode steps from CUDA graphs
             (engine/cuda_graph.py); default: on for CUDA with the Triton kernels unless MINIMAX01_CUDA_GRAPHS=0.
+        prefix_caching: reuse cached prompt prefixes (engine/prefix_cache.py); off for a sharded model, whose
+            follower ranks mirror only slot allocation.
+        prefix_snapshot_interval: tokens between lightning-state snapshots (a multiple of lcm(256, page)).
+        prefix_cache_bytes: memory of the lightning-state snapshots on the model's device.
+        prefix_cache_host_bytes: host memory that snapshots are spilled to when the device budget is full.
     """
 
     def __init__(
@@ -89,6 +95,10 @@ class LLMEngine:
         kv_cache_bytes: int | None = None,
         default_stop_token_ids: list[int] | None = None,
         cuda_graphs: bool | None = None,
+        prefix_caching: bool = True,
+        prefix_snapshot_interval: int | None = None,
+        prefix_cache_bytes: int | None = None,
+        prefix_cache_host_bytes: int = 0,
     ) -> None:
         config = model.config
         self.tokenizer = tokenizer
@@ -120,7 +130,10 @@ class LLMEngine:
         self.model: StepModel = self.graphs if self.graphs is not None else model
         # A graph runner captures every graph size here (a no-op off CUDA), before the first request.
         self.store = self.model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
-        self.scheduler = Scheduler(self.store, max_num_batched_tokens)
+        self.prefix_cache = (new_prefix_cache(self.store, config, model.dtype, prefix_snapshot_interval,
+                                              prefix_cache_bytes, prefix_cache_host_bytes)
+                             if prefix_caching and self.store.op_log is None else None)
+        self.scheduler = Scheduler(self.store, max_num_batched_tokens, self.prefix_cache)
         self.sampler = Sampler()
         self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None
                                        else default_stop_ids(config, tokenizer))
@@ -217,7 +230,9 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         with self._lock:
-            free = self.store.num_free_blocks
+            cache = self.prefix_cache
+            # Blocks that only the prefix cache holds are free for the taking: they count as free.
+            free = self.store.num_free_blocks + (cache.num_reclaimable_blocks() if cache else 0)
             return EngineStats(
                 running=len(self.scheduler.running),
                 waiting=len(self.scheduler.waiting),
@@ -231,6 +246,7 @@ class LLMEngine:
                 preemptions_total=self.scheduler.num_preemptions,
                 last_step_num_seqs=self._last_step[0],
                 last_step_num_tokens=self._last_step[1],
+                prefix_cache=cache.stats() if cache else None,
             )
 
     # ------------------------------------------------------------------ the loop
@@ -258,6 +274,7 @@ class LLMEngine:
                 if c.samples and not c.request.prompt_counted:
                     c.request.prompt_counted = True
                     self._totals["prompt"] += c.request.prompt_len
+            self.scheduler.cache_prefixes(sched.chunks)
             self._score_prompts(logits[len(sampling):], scoring, outputs)
             for c in sched.chunks:
                 if c.samples and c.request.params.max_new_tokens == 0 and c.request.finish_reason is None:
@@ -382,6 +399,7 @@ class LLMEngine:
             stop_reason=req.stop_reason,
             error=error,
             prompt_logprobs=prompt_scores,
+            cached_tokens=req.cached_tokens,
         )
 
     def _finish(self, req: Request) -> None:

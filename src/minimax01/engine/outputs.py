@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from minimax01.engine.prefix_cache import PrefixCacheStats
 from minimax01.engine.prompt_logprobs import PromptLogprob
 
 
@@ -24,6 +26,7 @@ class RequestOutput:
     error: str | None = None  # why, when finish_reason is "error" and the engine knows (safe to show a client)
     # Scores of prompt tokens 1.. (params.prompt_logprobs), in the first output after the prompt's prefill
     prompt_logprobs: list[PromptLogprob] | None = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (usage.prompt_tokens_details)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class EngineStats:
     preemptions_total: int
     last_step_num_seqs: int
     last_step_num_tokens: int
+    prefix_cache: PrefixCacheStats | None = None  # None: prefix caching is off
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -120,7 +120,7 @@ async def chat_completion(request: Request, ctx: ServerContext) -> Response:
             {"index": c.index, "message": chat_message(c),
              "logprobs": (chat_logprobs(ctx.tokenizer, c.token_ids, c.logprobs, c.top_logprobs)
                           if logprobs is not None else None),
-             "finish_reason": c.finish_reason} for c in choices], "usage": usage(len(prompt_ids), choices)})
+             "finish_reason": c.finish_reason} for c in choices], "usage": usage(len(prompt_ids), choices, req.n)})
 
     with_usage = include_usage(req)
 
@@ -147,6 +147,7 @@ async def chat_completion(request: Request, ctx: ServerContext) -> Response:
             if out.finished:
                 yield chunk(c, {}, None, c.finish_reason)
         if with_usage:
-            yield {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage(len(prompt_ids), choices)}
+            yield {**base, "object": "chat.completion.chunk", "choices": [],
+                   "usage": usage(len(prompt_ids), choices, req.n)}
 
     return stream_response(chunks(), gen)

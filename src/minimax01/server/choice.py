@@ -21,6 +21,7 @@ class Choice:
     parser: OutputStream
     finish_reason: str | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -43,6 +44,7 @@ class Choice:
             self.logprobs.extend(out.logprobs)
             self.top_logprobs.extend(out.top_logprobs or [[] for _ in out.logprobs])
         self.completion_tokens = out.completion_tokens
+        self.cached_tokens = out.cached_tokens
         events = self.parser.feed(out.new_text)
         if out.finished:
             events += self.parser.finish()

@@ -113,7 +113,7 @@ async def completion(request: Request, ctx: ServerContext) -> Response:
             body.append({"index": c.index, "text": text + "".join(c.content), "logprobs": lp,
                          "finish_reason": c.finish_reason, **choice_extras(c)})
         return JSONResponse({**base, "object": "text_completion", "choices": body,
-                             "usage": usage(prompt_tokens, choices)})
+                             "usage": usage(prompt_tokens, choices, req.n)})
 
     with_usage = include_usage(req)
     offsets = [0] * len(subs)  # text_offset of each choice's next token
@@ -139,6 +139,6 @@ async def completion(request: Request, ctx: ServerContext) -> Response:
                     chunk["usage"] = None
                 yield chunk
         if with_usage:
-            yield {**base, "object": "text_completion", "choices": [], "usage": usage(prompt_tokens, choices)}
+            yield {**base, "object": "text_completion", "choices": [], "usage": usage(prompt_tokens, choices, req.n)}
 
     return stream_response(chunks(), gen)

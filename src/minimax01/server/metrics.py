@@ -30,6 +30,19 @@ ENGINE_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("num_kv_blocks", "Paged KV-cache blocks in total.", "num_kv_blocks"),
     ("last_step_batch_tokens", "Tokens computed in the engine's last step.", "last_step_tokens"),
     ("preemptions", "Requests preempted so far (recomputed later for lack of KV blocks).", "preemptions"),
+    # Prefix cache (0 when it is off); totals since the start, like preemptions.
+    ("prefix_cache_queries", "Requests that looked up a cached prompt prefix.", "prefix_cache_queries"),
+    ("prefix_cache_hits", "Lookups that found a cached prefix.", "prefix_cache_hits"),
+    ("prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache.", "prefix_cache_hit_tokens"),
+    ("prefix_cache_evicted_kv_blocks", "Cached KV blocks evicted to free memory.", "prefix_cache_evicted_blocks"),
+    ("prefix_cache_evicted_snapshots", "Lightning-state snapshots evicted (budget, or with their block).",
+     "prefix_cache_evicted_snapshots"),
+    ("prefix_cache_snapshot_bytes", "Device memory of the cached lightning-state snapshots.",
+     "prefix_cache_snapshot_bytes"),
+    ("prefix_cache_host_snapshot_bytes", "Host memory of the snapshots spilled from the device.",
+     "prefix_cache_host_snapshot_bytes"),
+    ("prefix_cache_kv_bytes", "Memory of the KV blocks the prefix cache holds (part of the KV pool).",
+     "prefix_cache_kv_bytes"),
 )
 
 

@@ -103,9 +103,13 @@ def include_usage(req: Any) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
 
 
-def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
+def usage(prompt_tokens: int, choices: list[Choice], n: int) -> dict[str, Any]:
+    """The usage object; choices come `n` per prompt and each prompt counts once, so its cached tokens (served
+    from the prefix cache) are those of its first choice."""
     completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    cached = sum(c.cached_tokens for c in choices[::n])
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def chat_delta(events: list[OutputEvent], first_call: int) -> dict[str, Any]:

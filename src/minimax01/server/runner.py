@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from minimax01.errors import MiniMaxError
@@ -84,6 +84,7 @@ def engine_snapshot(engine: EngineLike) -> dict[str, float]:
         "num_kv_blocks": st.total_kv_blocks,
         "last_step_tokens": st.last_step_num_tokens,
         "preemptions": st.preemptions_total,
+        **{f"prefix_cache_{k}": v for k, v in (asdict(st.prefix_cache) if st.prefix_cache else {}).items()},
     }
 
 

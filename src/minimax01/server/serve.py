@@ -41,17 +41,23 @@ def build_server(model: Any, tokenizer: MiniMaxTokenizer, model_name: str, *, ap
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
                  kv_block_size: int = 64, kv_cache_memory: int | None = None, stop_token_ids: list[int] | None = None,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, chat: ChatSetup | None = None,
-                 limits: HttpLimits | None = None) -> Server:
+                 limits: HttpLimits | None = None, prefix_caching: bool = True,
+                 prefix_snapshot_interval: int | None = None, prefix_cache_memory: int | None = None,
+                 prefix_cache_host_memory: int = 0) -> Server:
     """Engine (continuous batching over `max_num_seqs` slots) + its thread + the ASGI app.
 
     `kv_cache_memory` (bytes) sizes the softmax-layer KV pool; by default every slot can hold `max_model_len`.
     `chat`: template, parsers and sampling defaults (loading.load_chat_setup; default: see create_app).
-    `limits`: timeouts and connection cap.
+    `limits`: timeouts and connection cap. `prefix_caching`, `prefix_snapshot_interval`, `prefix_cache_memory`
+    (bytes of lightning-state snapshots on the device), `prefix_cache_host_memory` (host bytes they spill to):
+    see LLMEngine.
     """
     limits = limits if limits is not None else HttpLimits()
     engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                        max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
-                       kv_cache_bytes=kv_cache_memory, default_stop_token_ids=stop_token_ids)
+                       kv_cache_bytes=kv_cache_memory, default_stop_token_ids=stop_token_ids,
+                       prefix_caching=prefix_caching, prefix_snapshot_interval=prefix_snapshot_interval,
+                       prefix_cache_bytes=prefix_cache_memory, prefix_cache_host_bytes=prefix_cache_host_memory)
     runner = AsyncEngine(engine)
     app = create_app(runner, model_name, api_key=api_key, max_body_bytes=max_body_bytes, chat=chat,
                      read_timeout=limits.read_timeout)
@@ -92,7 +98,8 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
           kv_cache_memory: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           log_level: str = "info", load_format: str = "auto", chat_template: str | None = None,
           tool_call_parser: str | None = None, reasoning_parser: str | None = None, check_weights: bool = True,
-          limits: HttpLimits | None = None) -> None:
+          limits: HttpLimits | None = None, prefix_caching: bool = True, prefix_snapshot_interval: int | None = None,
+          prefix_cache_memory: int | None = None, prefix_cache_host_memory: int = 0) -> None:
     """Serves a checkpoint directory (default: the built-in tiny model) on http://host:port/v1.
 
     Binds 127.0.0.1 unless told otherwise; `api_key` makes /v1/* require `Authorization: Bearer <key>`.
@@ -104,7 +111,9 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     (benchmarks). `chat_template` (a file) replaces the checkpoint's template; `tool_call_parser` /
     `reasoning_parser` replace the detected family's parsers (chat.tool_parsers). `check_weights=False` skips
     the NaN / inf check of every weight while loading. `limits`: read / keep-alive / shutdown timeouts and the
-    connection cap (http_server.HttpLimits).
+    connection cap (http_server.HttpLimits). `prefix_caching` (on by default; off when sharded),
+    `prefix_snapshot_interval`, `prefix_cache_memory`, `prefix_cache_host_memory`: prefix caching
+    (docs/prefix_caching.md).
     """
     check_address(host, port)
     model_dir = checkpoint_dir(model)
@@ -115,7 +124,10 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
                               max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                               max_num_batched_tokens=max_num_batched_tokens, kv_block_size=kv_block_size,
                               kv_cache_memory=kv_cache_memory, stop_token_ids=loaded.stop_token_ids,
-                              max_body_bytes=max_body_bytes, chat=chat, limits=limits)
+                              max_body_bytes=max_body_bytes, chat=chat, limits=limits,
+                              prefix_caching=prefix_caching, prefix_snapshot_interval=prefix_snapshot_interval,
+                              prefix_cache_memory=prefix_cache_memory,
+                              prefix_cache_host_memory=prefix_cache_host_memory)
         logging.getLogger("minimax01.server").info(
             "serving %s as %r on http://%s:%d/v1 (max_num_seqs=%d, max_model_len=%d, tp=%d, ep=%d; family %s, "
             "tool-call parser %s, reasoning parser %s, %s chat template)", model_dir, server.model_name, host, port,
