@@ -6,7 +6,9 @@ Per layout (tp = 1, then each --tp N > 1: N processes through parallel.world.run
 the lock-step wrapper exactly as `minimax01 serve --tp N` runs it) and per batch of 1 / 16 / 64 sequences whose
 prompts are already prefilled: the median wall time of one pure decode `LLMEngine.step()` (the layers, the
 lm_head, sampling, bookkeeping, the step message to the other ranks and one host sync for the sampled tokens),
-eager and with CUDA graphs; and prefill tokens/s of one 8 K and one 32 K prompt (8 K-token chunks).
+eager (unless --no-eager) and with CUDA graphs, split into the model call's GPU span (CUDA events around
+rank 0's `step`, all-reduce waits included) and the rest of the engine step (scheduling, inputs, sampling, the
+host sync); and prefill tokens/s of one 8 K and one 32 K prompt (8 K-token chunks).
 
 The floor of a decode step is measured in the same run: the bytes one GPU must read for the step (its weights:
 attention share, the experts the batch touches, lm_head; the KV cache and lightning states; parallel/plan.py's
@@ -15,7 +17,7 @@ model) over the device copy bandwidth measured now, plus, for N > 1, the all-red
 inside a CUDA graph on these GPUs (bench/collectives.py). The measured hardware numbers are written next to the
 results (`multi-gpu-hardware-<date>.json`), the input of `minimax01 plan --measured`.
 
-    PYTHONPATH=src python bench/decode_step.py [--tp 2] [--layers 8] [--batches 1 16 64]
+    PYTHONPATH=src python bench/decode_step.py [--tp 2] [--layers 8] [--batches 1 16 64] [--no-eager]
 """
 
 from __future__ import annotations
