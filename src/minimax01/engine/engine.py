@@ -17,6 +17,7 @@ import torch
 from minimax01.cache import BatchInfo
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.cuda_graph import DecodeGraphRunner, graphs_enabled
+from minimax01.engine.kv_budget import kv_budget, positive
 from minimax01.engine.outputs import EngineStats, RequestOutput
 from minimax01.engine.prefix_cache import new_prefix_cache
 from minimax01.engine.prompt_logprobs import score_rows, scored_positions
@@ -32,11 +33,6 @@ from minimax01.structured import GrammarMatcher, GrammarVocabulary, fill_bitmask
 if TYPE_CHECKING:
     from minimax01.tokenizer import MiniMaxTokenizer
 
-# max_model_len when neither it nor a KV budget is given: Text-01 accepts 10M positions, but reserving KV
-# blocks for that per sequence would be absurd; long-context users pass max_model_len explicitly.
-DEFAULT_MAX_MODEL_LEN = 32768
-
-
 # The per-request guard's message: NaN/inf logits come from corrupt weights or a numerical fault, not from the
 # request, and sampling from them would return garbage (NaN probabilities pick token 0 every time).
 NON_FINITE_LOGITS = "the model produced non-finite logits (NaN or inf) for this request"
@@ -50,12 +46,6 @@ def default_stop_ids(config: MiniMaxConfig, tokenizer: MiniMaxTokenizer | None =
         eos = config.eos_token_id
         return list(eos) if isinstance(eos, list) else [eos]
     return [DEFAULT_EOS_TOKEN_ID] if config.vocab_size > DEFAULT_EOS_TOKEN_ID else []
-
-
-def _positive(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class LLMEngine:
@@ -103,29 +93,15 @@ class LLMEngine:
         config = model.config
         self.tokenizer = tokenizer
         self.config = config
-        self.max_num_seqs = _positive("max_num_seqs", max_num_seqs)
-        self.max_num_batched_tokens = _positive("max_num_batched_tokens", max_num_batched_tokens)
-        self.kv_block_size = _positive("kv_block_size", kv_block_size)
-        # Keys + values of every softmax layer, with the heads this rank holds (tensor parallel: its share);
-        # 0 without softmax layers (then there is no KV pool to size).
+        self.max_num_seqs = positive("max_num_seqs", max_num_seqs)
+        self.max_num_batched_tokens = positive("max_num_batched_tokens", max_num_batched_tokens)
+        self.kv_block_size = positive("kv_block_size", kv_block_size)
+        # Keys + values of every softmax layer, with the heads this rank holds (tensor parallel: its share).
         block_bytes = kv_block_size * model.state_layout.kv_bytes_per_token(config, model.dtype)
-        if num_kv_blocks is None and kv_cache_bytes is not None:
-            num_kv_blocks = _positive("kv_cache_bytes", kv_cache_bytes) // block_bytes if block_bytes else 1
-            if num_kv_blocks == 0:
-                raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({block_bytes} B)")
-        if num_kv_blocks is not None:
-            _positive("num_kv_blocks", num_kv_blocks)
-        if max_model_len is None:
-            cap = num_kv_blocks * kv_block_size if num_kv_blocks is not None and block_bytes else DEFAULT_MAX_MODEL_LEN
-            max_model_len = min(config.max_position_embeddings, cap)
-        elif _positive("max_model_len", max_model_len) > config.max_position_embeddings:
-            raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings "
-                             f"({config.max_position_embeddings})")
-        self.max_model_len = max_model_len
-        if num_kv_blocks is None:
-            num_kv_blocks = max_num_seqs * -(-max_model_len // kv_block_size) if block_bytes else 1
+        num_kv_blocks, self.max_model_len = kv_budget(config, block_bytes, max_num_seqs, kv_block_size,
+                                                      max_model_len, num_kv_blocks, kv_cache_bytes)
         # The StepModel the engine runs: the model itself, or the CUDA-graph runner around it.
-        self.graphs = (DecodeGraphRunner(model, max_model_len, capture_at_start=True)
+        self.graphs = (DecodeGraphRunner(model, self.max_model_len, capture_at_start=True)
                        if graphs_enabled(model, cuda_graphs) else None)
         self.model: StepModel = self.graphs if self.graphs is not None else model
         # A graph runner captures every graph size here (a no-op off CUDA), before the first request.
