@@ -11,28 +11,12 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from test_server import GEN_PROMPT, MODEL, SCRIPTS, TRIGGER, start_server, tiny_checkpoint
+from test_server import GEN_PROMPT, MODEL, SCRIPTS, TRIGGER
+from test_server import checkpoint, client, server  # noqa: F401  (the same module-scoped fixtures, a server per module)
 
 from minimax01.server.openai_format import token_key
 
 TEXT = "The quick brown fox jumps over the lazy dog, then rests."
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from start_server(checkpoint, tmp_path_factory.mktemp("log") / "server.log")
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> Any:
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
