@@ -21,10 +21,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_results  # noqa: E402
+from decode_step import engine_with_requests, with_layout  # noqa: E402
 
 from minimax01.config import MiniMaxConfig  # noqa: E402
-from minimax01.engine import LLMEngine  # noqa: E402
-from minimax01.sampling import SamplingParams  # noqa: E402
 
 
 def kind_of(kernel: str) -> str:
@@ -40,12 +39,7 @@ def kind_of(kernel: str) -> str:
 
 def profile_batch(model, batch: int, prompt_len: int, steps: int) -> list[dict]:
     """Kernel time by kind over `steps` pure decode steps of `batch` sequences (rank 0's GPU)."""
-    engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + 2 * steps + batch + 8,
-                       max_num_batched_tokens=max(prompt_len, 512))
-    gen = torch.Generator().manual_seed(batch)
-    for _ in range(batch):
-        engine.add_request(torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist(),
-                           SamplingParams(temperature=0.0, max_new_tokens=2 * steps + batch + 2, ignore_eos=True))
+    engine, _ = engine_with_requests(model, batch, prompt_len, 2 * steps + batch + 2)
     for _ in range(batch + 4):  # prefill every prompt, then a few decode steps (warm)
         engine.step()
     torch.cuda.synchronize()
@@ -84,14 +78,7 @@ def run(tp: int, args: argparse.Namespace, config_dir: Path) -> list[dict]:
             print("\n".join(str(r) for r in out[-12:]), flush=True)
         return out
 
-    if tp == 1:
-        from minimax01.weights import load_pretrained
-
-        return lead(load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy"))
-    from minimax01.parallel.world import WorldSpec, run_sharded
-
-    spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
-    return run_sharded(spec, lead)
+    return with_layout(tp, config_dir, lead)
 
 
 def main() -> None:

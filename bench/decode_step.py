@@ -29,7 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -70,20 +72,28 @@ class StepSpan:
         return start.elapsed_time(end) / 1e3, host
 
 
+def engine_with_requests(model, batch: int, prompt_len: int, max_new_tokens: int, graphs: bool | None = None
+                         ) -> tuple[LLMEngine, list[str]]:
+    """An engine over `model` holding `batch` greedy requests of random `prompt_len`-token prompts (seeded by the
+    batch size), each generating `max_new_tokens` (EOS ignored); returns it and the request ids."""
+    engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + max_new_tokens + 6,
+                       max_num_batched_tokens=max(prompt_len, 512), cuda_graphs=graphs)
+    gen = torch.Generator().manual_seed(batch)
+    ids = [engine.add_request(torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist(),
+                              SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, ignore_eos=True))
+           for _ in range(batch)]
+    return engine, ids
+
+
 def decode_run(model, batch: int, prompt_len: int, steps: int, graphs: bool | None
                ) -> tuple[list[float], list, int, list[tuple[float, float]]]:
     """Step times (s) of `steps` pure decode steps of `batch` sequences, the tokens each generated, how many
     steps a CUDA graph replayed (the runner is the engine's own on one GPU, under the lock-step wrapper on N),
     and each timed step's (GPU span, host time) of the model call (StepSpan)."""
-    engine = LLMEngine(model, max_num_seqs=batch, max_model_len=prompt_len + steps + batch + 8,
-                       max_num_batched_tokens=max(prompt_len, 512), cuda_graphs=graphs)
+    # the first admitted sequences decode while later prompts prefill: + batch
+    engine, ids = engine_with_requests(model, batch, prompt_len, steps + batch + 2, graphs)
     span = engine.model = StepSpan(engine.model)
     spans = []
-    gen = torch.Generator().manual_seed(batch)
-    ids = [engine.add_request(torch.randint(0, model.config.vocab_size, (prompt_len,), generator=gen).tolist(),
-                              # the first admitted sequences decode while later prompts prefill: + batch
-                              SamplingParams(temperature=0.0, max_new_tokens=steps + batch + 2, ignore_eos=True))
-           for _ in range(batch)]
     tokens: dict[str, list[int]] = {i: [] for i in ids}
     times = []
     while engine.has_unfinished():
@@ -141,15 +151,20 @@ def run_mode(tp: int, graphs: bool, config_dir: Path, args: argparse.Namespace) 
     """measure(...) for one layout and one graph mode, in this process; tp > 1 runs in tp processes (one per GPU:
     this one is rank 0)."""
     os.environ["MINIMAX01_CUDA_GRAPHS"] = "1" if graphs else "0"
+    return with_layout(tp, config_dir, lambda model: measure(model, args, graphs))
+
+
+def with_layout(tp: int, config_dir: Path, leader: Callable[[Any], T]) -> T:
+    """`leader(model)` over random bf16 weights of `config_dir` on `tp` GPUs: the model itself on one GPU; for
+    tp > 1, rank 0's lock-step wrapper while this process leads tp processes (parallel.world.run_sharded)."""
     if tp == 1:
         from minimax01.weights import load_pretrained
 
-        model = load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy")
-        return measure(model, args, graphs)
+        return leader(load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy"))
     from minimax01.parallel.world import WorldSpec, run_sharded
 
     spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
-    return run_sharded(spec, lambda lockstep: measure(lockstep, args, graphs))
+    return run_sharded(spec, leader)
 
 
 def run_layout(tp: int, config_dir: Path, args: argparse.Namespace) -> dict[bool, dict]:

@@ -115,11 +115,11 @@ class DecodeGraphRunner(StepModel):
         cap = min(max_seqs, self.max_size)  # the largest batch the store's other slots can hold
         if cap < 1:
             raise ValueError("CUDA-graph decode needs a store of at least one sequence")
+        self.release()
         store = self.model.new_store(max_seqs + 1, num_kv_blocks + 1, kv_block_size)
         store.reserve_block_table(-(-self.max_model_len // kv_block_size) if self.max_model_len else num_kv_blocks)
         self.store = store
         self.sizes = tuple(sorted({s for s in self.requested_sizes if s < cap} | {cap}))
-        self.batches, self.graphs, self.outputs, self.pool = {}, {}, {}, None
         self.dummy = store.allocate()
         init = BatchInfo([self.dummy], [0], [1], device=store.device)
         with store.advance(init) as pos:  # the dummy's one KV position (none without softmax layers)
