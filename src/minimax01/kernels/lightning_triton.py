@@ -163,11 +163,14 @@ def prefill(
         if t.stride(-1) != 1:
             raise ValueError("q, k, v need a contiguous last dim")
     # (Q ∘ decay)·S with S rounded to bf16 for 16-bit models (the carried state stays fp32).
-    # fp32 inputs (tests) keep the fp32 product and, their tiles being twice as large, one stage less.
+    # fp32 inputs (tests) keep the fp32 product and, their tiles being twice as large, one stage less and value
+    # blocks of at most 32 (a 128-wide fp32 block needs 256 KiB of shared memory: more than an H200 has).
     cfg = {**prefill_config(H, E, T, max_len or T, num_sms(q.device)), **config}
     cfg.setdefault("inter_bf16", q.element_size() == 2)
     if q.element_size() > 2 and "num_stages" not in config:
         cfg["num_stages"] -= 1
+    if q.element_size() > 2 and "block_e" not in config:
+        cfg["block_e"], cfg["num_warps"] = min(int(cfg["block_e"]), 32), 4
     block_e = min(int(cfg["block_e"]), E)
     out = torch.empty(0 if state_only else T, H, E, dtype=q.dtype, device=q.device)
     _prefill_kernel[(slots.shape[0], H, E // block_e)](
