@@ -212,7 +212,10 @@ def report(config: MiniMaxConfig, full: MiniMaxConfig, row: dict[str, Any], roof
     main = dict(n=n, chunk=args.chunk, time_s=wall, tok_per_s=n / wall,
                 peak_above_weights_kv_gib=row.get("peak_minus_weights_and_cache_gib"),
                 kv_cache_gib=row["kv_cache_gib"], floor_s=floor, floor_over_measured=floor / wall,
-                pair_s=pair, pair_floor_s=pair_floor, pair_attention_only_s=pair_attention)
+                pair_s=pair, pair_floor_s=pair_floor, pair_attention_only_s=pair_attention,
+                # the three big items of the time split: attention modules by kind (projections included), MoE
+                softmax_attention_s=split[OPS[0]] + split[OPS[1]], lightning_attention_s=split[OPS[2]] + split[OPS[3]],
+                moe_s=split["MoE"])
     if n >= 1 << 20:
         main["pair_vs_target"] = f"{'MET' if pair <= TARGET_PAIR_1M_S else 'MISSED'} (<= {TARGET_PAIR_1M_S} s)"
     main["status"] = "ok"
