@@ -11,7 +11,8 @@ import datetime
 import json
 import os
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,51 @@ def roofline() -> dict[str, float]:
     ms_copy = bench(lambda: dst.copy_(src))
     gbps = 2 * src.numel() * 4 / ms_copy / 1e6
     return {"matmul_bf16_tflops": round(tflops, 1), "copy_gbps": round(gbps, 1)}
+
+
+class ModuleTimer:
+    """Time spent inside labelled modules: device events (host clock on CPU) at the start and end of every call
+    (forward hooks), summed under the module's label after one synchronisation at the end, so timing adds no host
+    syncs to the run. Modules may nest (a decoder layer and its attention): the calls close in stack order."""
+
+    def __init__(self, spans: Iterable[tuple[str, torch.nn.Module]]) -> None:
+        self.marks: list[tuple[str, Any, Any]] = []
+        self.open: list[int] = []
+        self.handles = []
+        for label, module in spans:
+            self.handles.append(module.register_forward_pre_hook(lambda _m, _a, label=label: self._open(label)))
+            self.handles.append(module.register_forward_hook(lambda _m, _a, _o: self._close()))
+
+    @staticmethod
+    def _stamp() -> Any:
+        if not torch.cuda.is_available():
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _open(self, label: str) -> None:
+        self.open.append(len(self.marks))
+        self.marks.append((label, self._stamp(), None))
+
+    def _close(self) -> None:
+        i = self.open.pop()
+        label, start, _ = self.marks[i]
+        self.marks[i] = (label, start, self._stamp())
+
+    def totals_s(self) -> dict[str, float]:
+        """Seconds per label, summed over all calls so far."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for label, start, end in self.marks:
+            dt = end - start if isinstance(start, float) else start.elapsed_time(end) / 1e3
+            out[label] = out.get(label, 0.0) + dt
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def environment() -> dict[str, str]:

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import environment, rel_err, write_results  # noqa: E402
+from common import ModuleTimer, environment, rel_err, write_results  # noqa: E402
 import minimax01.kernels as kernels  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.kernels.attention_ref import attend_one  # noqa: E402
@@ -96,44 +96,9 @@ class Budget:
         return False, f"skipped: >= {predicted:.0f} s predicted, {self.left():.0f} s of budget left"
 
 
-class LayerTimer:
-    """Time spent in each kind of decoder layer: device events (host clock on CPU) around every layer call,
-    summed after one synchronisation at the end, so timing adds no host syncs to the prefill."""
-
-    def __init__(self, model: MiniMaxForCausalLM) -> None:
-        self.marks: list[tuple[str, Any, Any]] = []
-        self.handles = []
-        for layer in model.model.layers:
-            kind = "lightning" if layer.is_linear else "softmax"
-            self.handles.append(layer.register_forward_pre_hook(lambda _m, _a, kind=kind: self._open(kind)))
-            self.handles.append(layer.register_forward_hook(lambda _m, _a, _o: self._close()))
-
-    @staticmethod
-    def _stamp() -> Any:
-        if DEV.type != "cuda":
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def _open(self, kind: str) -> None:
-        self.marks.append((kind, self._stamp(), None))
-
-    def _close(self) -> None:
-        kind, start, _ = self.marks[-1]
-        self.marks[-1] = (kind, start, self._stamp())
-
-    def totals_s(self) -> dict[str, float]:
-        sync()
-        out: dict[str, float] = {}
-        for kind, start, end in self.marks:
-            dt = start.elapsed_time(end) / 1e3 if DEV.type == "cuda" else end - start
-            out[kind] = out.get(kind, 0.0) + dt
-        return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+def layer_timer(model: MiniMaxForCausalLM) -> ModuleTimer:
+    """Time spent in each kind of decoder layer (each layer's time includes its MoE)."""
+    return ModuleTimer(("lightning" if layer.is_linear else "softmax", layer) for layer in model.model.layers)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -172,24 +137,25 @@ def fresh_cache(model: MiniMaxForCausalLM, n: int) -> MiniMaxCache:
     return MiniMaxCache(model.new_store(1, num_kv_blocks=blocks, kv_block_size=64), 1)
 
 
-def prefill(model: MiniMaxForCausalLM, n: int, chunk: int, decode_steps: int = 5, seed: int = 0) -> dict[str, Any]:
+def prefill(model: MiniMaxForCausalLM, n: int, chunk: int, decode_steps: int = 5, seed: int = 0,
+            timer: Callable[[MiniMaxForCausalLM], ModuleTimer] = layer_timer) -> dict[str, Any]:
     """Chunked prefill of n random tokens into a fresh cache (dropped on return), then `decode_steps` decode
-    steps; returns the timing/memory row."""
+    steps; returns the timing/memory row, with `<label>_s` for each label of `timer`'s spans."""
     g = torch.Generator(device=DEV).manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, n), device=DEV, generator=g)
     cache = fresh_cache(model, n + decode_steps)
     before = allocated_gib()  # weights + the preallocated cache
     reset_peak()
-    timer = LayerTimer(model)
+    spans = timer(model)
     sync()
     t0 = time.perf_counter()
     try:
         out = model(ids, cache=cache, prefill_chunk_size=chunk, logits_to_keep=1)
         sync()
         wall = time.perf_counter() - t0
-        per_kind = timer.totals_s()
+        per_kind = spans.totals_s()
     finally:
-        timer.remove()
+        spans.remove()
     mem = cache.store.memory_bytes()
     row: dict[str, Any] = dict(n=n, chunk=chunk, time_s=wall, tok_per_s=n / wall)
     row.update({f"{kind}_s": t for kind, t in per_kind.items()})

@@ -118,7 +118,7 @@ def rank_weight_bytes(config: MiniMaxConfig, layout: Layout, dtype: str = "bf16"
             "router + norms": router_norms}
 
 
-def _all_reduce_s(payload: float, ranks: list[int], hw: Hardware) -> float:
+def all_reduce_s(payload: float, ranks: list[int], hw: Hardware) -> float:
     """Time of one all-reduce of `payload` bytes over `ranks` (global ranks, gpus_per_node per node)."""
     n = len(ranks)
     if n == 1:
@@ -172,8 +172,8 @@ def make_plan(config: MiniMaxConfig, context: int, gpus: int, dtype: str = "bf16
            + batch * (context * kv_per_token + 2 * state_per_seq))  # KV read; states read and written
     tp_ranks = list(range(tp))
     world = list(range(gpus))
-    attn_s = L * _all_reduce_s(batch * payload, tp_ranks, hw) + n_lin * _all_reduce_s(batch * 4, tp_ranks, hw)
-    moe_s = L * _all_reduce_s(batch * payload, world, hw)
+    attn_s = L * all_reduce_s(batch * payload, tp_ranks, hw) + n_lin * all_reduce_s(batch * 4, tp_ranks, hw)
+    moe_s = L * all_reduce_s(batch * payload, world, hw)
     step = {"HBM reads": hbm / hw.hbm_Bps, "attention all-reduces": attn_s, "MoE all-reduces": moe_s}
     return Plan(config, layout, dtype, context, batch, weights, kv_per_token, state_per_seq, activations, chunk,
                 max_seqs, comm, step)
