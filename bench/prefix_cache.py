@@ -7,6 +7,8 @@ inputs), in this process (no HTTP: TTFT is measured from `add_request` to the st
   turn of its chat has finished (all chats run concurrently);
 - many users: `--users` requests of another system prompt (not cached yet) plus a message of their own, sent
   at once: one request computes the prompt, the others wait for its snapshots and restore them.
+- one chat at a time: the first `--exact-chats` chats again, one request in flight at a time (the exactness
+  check: with nothing else in the batch, replies must be identical with caching on and off).
 Replies are greedy with `ignore_eos` (exactly `--max-tokens` tokens). Reported per workload and mode: TTFT
 p50/p90 (turn 1 and turns >= 2 apart for the chats), mean TTFT of turns >= 2, throughput, the cache's hit rate
 (prompt tokens served from it / prompt tokens) and memory, and whether every reply is identical on vs off.
@@ -124,6 +126,22 @@ def multi_turn(eng: LLMEngine, w: Workload, args: argparse.Namespace) -> tuple[T
     return timer, timer.run(finished, max_steps=100_000)
 
 
+def one_chat_at_a_time(eng: LLMEngine, w: Workload, args: argparse.Namespace) -> tuple[Timer, float]:
+    """The first `--exact-chats` chats, one request in flight at a time: every step's batch is then the same with
+    caching on and off except for the restored prefix, so replies must be bitwise identical (under concurrency
+    the batches differ between the two runs, and bf16 GEMMs round a row differently with the batch shape)."""
+    timer = Timer(eng, args.max_tokens)
+    wall = 0.0
+    for c, messages in enumerate(w.messages[:args.exact_chats]):
+        history = list(w.system)
+        for t, message in enumerate(messages):
+            history += message
+            timer.submit((c, t), list(history))
+            wall += timer.run(lambda tag: None, max_steps=100_000)
+            history += timer.replies[(c, t)]
+    return timer, wall
+
+
 def many_users(eng: LLMEngine, w: Workload, args: argparse.Namespace) -> tuple[Timer, float]:
     timer = Timer(eng, args.max_tokens)
     for u, message in enumerate(w.users):
@@ -164,10 +182,11 @@ def run_mode(model: MiniMaxForCausalLM, w: Workload, args: argparse.Namespace, c
     warm.submit("warm-up", list(range(1, 2 * args.kv_block_size + 7)))
     warm.run(lambda tag: None, max_steps=1000)
     rows, replies = {}, {}
-    for name, fn in (("multi-turn", multi_turn), ("many users", many_users)):
+    workloads = (("multi-turn", multi_turn), ("many users", many_users), ("one chat at a time", one_chat_at_a_time))
+    for name, fn in workloads:
         before = eng.stats().prefix_cache
         timer, wall = fn(eng, w, args)
-        if name == "multi-turn":
+        if name != "many users":
             later = [t for t in timer.ttft if t[1] >= 1]
             first = [t for t in timer.ttft if t[1] == 0]
         else:
@@ -199,6 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--turn-tokens", type=int, default=300, help="tokens of each new message (+-10 %%)")
     ap.add_argument("--users", type=int, default=32, help="requests of the many-users workload")
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens of each reply")
+    ap.add_argument("--exact-chats", type=int, default=4, help="chats replayed one request at a time")
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--kv-block-size", type=int, default=64)
@@ -214,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device, args.dims, args.layers = "cpu", "tiny", 8
         args.system_tokens, args.conversations, args.turns, args.turn_tokens = 600, 2, 3, 40
         args.users, args.max_tokens, args.max_num_seqs, args.max_num_batched_tokens = 3, 4, 4, 512
+        args.exact_chats = 1
         args.kv_block_size, args.interval = 16, 256
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     return args
@@ -242,7 +263,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "engine": f"max_num_seqs {args.max_num_seqs}, max_num_batched_tokens {args.max_num_batched_tokens}, "
                   f"page {args.kv_block_size}, snapshot interval {args.interval}, "
                   f"snapshot memory {args.prefix_cache_memory / 2**30:.1f} GiB",
-        "ttft": "add_request -> the step that returns the first token; multi-turn ttft_p50/p90/mean: turns >= 2",
+        "ttft": "add_request -> the step that returns the first token; chats' ttft_p50/p90/mean: turns >= 2",
+        "identical_replies": "greedy replies equal with caching on and off; concurrent workloads batch differently "
+                             "in the two runs (bf16 GEMMs round a row differently with the batch shape), one chat at "
+                             "a time does not: there only the restored prefix differs",
         **environment(),
     }
     name = args.name or f"prefix-cache-{args.device.split(':')[0]}" + (f"-{args.layers}layers" if args.dims == "real"

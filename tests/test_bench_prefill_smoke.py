@@ -19,4 +19,4 @@ def test_prefill_bench_smoke() -> None:
                          capture_output=True, text=True, timeout=1800)  # the limit only catches a hang
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "err_segmented_o" in run.stdout and "err_per_expert" in run.stdout
-    assert "('cpu', 4, 64, 96, 2): [" in run.stdout
+    assert "('cpu', 4, 64, 96, 2): 'grouped'" in run.stdout

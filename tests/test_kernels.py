@@ -204,16 +204,6 @@ def test_moe_grouped_mm_path() -> None:
         BF16_FACTOR * rel(experts_ref(x, w, ids, w13, w2), ref64) + 1e-4
 
 
-def test_moe_per_expert_path() -> None:
-    """The per-expert GEMM path (a prefill candidate of moe_prefill_choice.py) computes the same mixture."""
-    from minimax01.kernels.moe_per_expert import per_expert_experts
-
-    x, w, ids, w13, w2 = moe_inputs(40, torch.bfloat16, seed=8)
-    ref64 = experts_ref(*[a.double() if a.is_floating_point() else a for a in (x, w, ids, w13, w2)])
-    assert rel(per_expert_experts(x, w, ids, w13, w2), ref64) <= \
-        BF16_FACTOR * rel(experts_ref(x, w, ids, w13, w2), ref64) + 1e-4
-
-
 def test_lightning_prefill_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """The segmented prefill runs from LIGHTNING_SEGMENTED_MIN_LEN tokens in the longest sequence (None: never)."""
     q = torch.zeros(4, HEADS, DIM, device=DEV)

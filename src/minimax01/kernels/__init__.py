@@ -8,7 +8,7 @@ Modules of the model import it as `import minimax01.kernels as kernels`: `from m
 the top package, which sits above the model.
 """
 
-from minimax01.kernels.dispatch import decode_graph_capturable, use_backend, use_triton
+from minimax01.kernels.dispatch import decode_graph_capturable, step_kind, use_backend, use_triton
 from minimax01.kernels.ops import (
     lightning_decode,
     lightning_prefill,
@@ -39,6 +39,7 @@ __all__ = [
     "rope_",
     "silu_mul",
     "softmax_attention",
+    "step_kind",
     "use_backend",
     "use_triton",
     "w8a16_linear",

@@ -13,16 +13,16 @@ modules are imported only once the policy has chosen Triton, so the package work
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-# Assignments per expert from which torch._grouped_mm (CUTLASS) beats the grouped Triton kernels (the bf16
-# experts' default where kernels/moe_prefill_choice.py has no measurement); the int8 experts take their
-# per-expert torch GEMMs from there on.
-from minimax01.kernels.moe_prefill_choice import GROUPED_MM_MIN_ROWS_PER_EXPERT, choose
+# GROUPED_MM_MIN_ROWS_PER_EXPERT: assignments per expert from which torch._grouped_mm (CUTLASS) beats the grouped
+# Triton kernels (bf16 decode steps); the int8 experts take their per-expert torch GEMMs from there on.
+from minimax01.kernels.moe_prefill_choice import GROUPED_MM_MIN_ROWS_PER_EXPERT, decode_choice, prefill_choice
 
 BACKENDS = ("auto", "torch", "triton")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # fp64 is the tests' oracle dtype: torch
@@ -92,6 +92,23 @@ def _installed(policy: BackendPolicy) -> Iterator[BackendPolicy]:
         _policy = before
 
 
+# Set by the model for the layers of one step (`step_kind`): True while a step with a prefill chunk runs, False
+# while a pure decode step runs, None outside a model step (direct kernel calls: the token-count rules).
+_prefill_step: contextvars.ContextVar[bool | None] = contextvars.ContextVar("prefill_step", default=None)
+
+
+@contextlib.contextmanager
+def step_kind(prefill: bool) -> Iterator[None]:
+    """`with step_kind(prefill=not batch.is_decode): <layers>`: ops whose implementation would otherwise follow
+    the token count take the one that computes a token the same way in a chunk of any length (prefix caching
+    relies on it: kernels/moe_prefill_choice.py)."""
+    token = _prefill_step.set(prefill)
+    try:
+        yield
+    finally:
+        _prefill_step.reset(token)
+
+
 def use_backend(name: str) -> contextlib.AbstractContextManager[BackendPolicy]:
     """`with use_backend("torch"): ...` runs the block on that backend and restores the previous policy after.
     An unknown name raises ValueError here, before the block."""
@@ -149,10 +166,12 @@ def _moe_experts(triton: bool, x: torch.Tensor, ids: torch.Tensor, w13: torch.Te
         import minimax01.kernels.moe_triton as moe_triton
 
         if moe_triton.supported(x.shape[1], w2.shape[2]):
+            grouped_mm = grouped_mm_available(x.device)
+            if _prefill_step.get():  # one implementation for chunks of every length
+                return prefill_choice(x.device, w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1], grouped_mm)
             if x.shape[0] <= GEMV_MAX_TOKENS:  # weight streaming without the sort (decode, small batch)
                 return "gemv"
-            return choose(x.device, x.shape[0], w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1],
-                          grouped_mm=grouped_mm_available(x.device), may_sync=not capturing(x.device))
+            return decode_choice(x.shape[0], w13.shape[0], ids.shape[1], grouped_mm)
     return "dense" if capturing(x.device) else "torch"  # the reference syncs (unique, nonzero)
 
 

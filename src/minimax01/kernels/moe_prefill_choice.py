@@ -1,43 +1,45 @@
-"""Which expert-mixture implementation runs a many-token (prefill) call: a measured table, per GPU.
+"""Which expert-mixture implementation runs the experts of a prefill (or mixed) step: one per GPU and model shape,
+never one per token count.
 
-Candidates (same function, kernels/ops.py runs them):
-- "grouped": the two grouped Triton kernels (moe_triton.triton_experts), no host sync;
-- "grouped_mm": torch._grouped_mm (CUTLASS) on the sorted rows (moe_triton.grouped_mm_experts), no host sync;
-- "per_expert": one cuBLAS GEMM pair per expert (moe_per_expert.py), one host sync.
-bench/prefill_kernels.py times them at the model's shape and prints the rows of MEASURED to paste here. A row
-is (GPU name, experts, hidden, intermediate, top-k) -> [(min tokens, implementation), ...] in increasing
-min tokens: the last entry whose min tokens ≤ the call's tokens wins. Shapes or GPUs without a row fall back
-to `default_choice` (the rule measured on an H100 before this table: CUTLASS from 64 rows per expert).
+Why not per token count: prefix caching (engine/prefix_cache.py) restores a prompt's prefix and prefills only the
+rest, so the same token is computed in chunks of other lengths with caching on than off. Its expert outputs are
+bitwise the same only if the implementation computes a row the same way whatever the number of rows. The two
+candidates do (a row's dot products run over the hidden dim in the same order in every tile shape): the grouped
+Triton kernels (moe_triton.triton_experts) and torch._grouped_mm (CUTLASS, moe_triton.grouped_mm_experts), but
+not each other's way: switching between them at a token count changed greedy tokens of a bf16 model on a GPU.
+A per-expert cuBLAS loop was measured too (bench/prefill_kernels.py): cuBLAS picks its kernel (split-K
+included) by each expert's row count, so it is not a candidate.
+
+Decode steps (every sequence one new token) keep a token-count rule (kernels/dispatch.py): their batch is the
+same with caching on and off. bench/prefill_kernels.py times both candidates at the model's shape over prefill
+chunk sizes and prints the MEASURED entry to paste here: (GPU name, experts, hidden, intermediate, top-k) ->
+implementation.
 """
 
 from __future__ import annotations
 
 import torch
 
-IMPLEMENTATIONS = ("grouped", "grouped_mm", "per_expert")
-# Rows per expert from which torch._grouped_mm (CUTLASS) beat the grouped Triton kernels on an H100.
+IMPLEMENTATIONS = ("grouped", "grouped_mm")
+# Rows per expert from which torch._grouped_mm (CUTLASS) beat the grouped Triton kernels on an H100 (decode
+# steps' rule).
 GROUPED_MM_MIN_ROWS_PER_EXPERT = 64
 
-MEASURED: dict[tuple[str, int, int, int, int], list[tuple[int, str]]] = {
+MEASURED: dict[tuple[str, int, int, int, int], str] = {
 }
 
 
-def default_choice(tokens: int, num_experts: int, top_k: int, grouped_mm: bool) -> str:
-    """The choice without a measurement: CUTLASS once experts get GROUPED_MM_MIN_ROWS_PER_EXPERT rows."""
+def decode_choice(tokens: int, num_experts: int, top_k: int, grouped_mm: bool) -> str:
+    """A decode step's implementation: CUTLASS once experts get GROUPED_MM_MIN_ROWS_PER_EXPERT rows."""
     if grouped_mm and tokens * top_k >= GROUPED_MM_MIN_ROWS_PER_EXPERT * num_experts:
         return "grouped_mm"
     return "grouped"
 
 
-def choose(device: torch.device, tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
-           grouped_mm: bool, may_sync: bool) -> str:
-    """The implementation for `tokens` tokens on `device`. grouped_mm: torch._grouped_mm runs there;
-    may_sync: a host sync is allowed (not during a CUDA-graph capture), else "per_expert" is never chosen."""
+def prefill_choice(device: torch.device, num_experts: int, hidden: int, inter: int, top_k: int,
+                   grouped_mm: bool) -> str:
+    """A prefill step's implementation on `device`, whatever its token count. grouped_mm: torch._grouped_mm
+    runs there. Without a measurement: CUTLASS where it runs (prefill chunks are mostly long), else Triton."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    choice = default_choice(tokens, num_experts, top_k, grouped_mm)
-    for min_tokens, impl in MEASURED.get((name, num_experts, hidden, inter, top_k), []):
-        if tokens >= min_tokens:
-            choice = impl
-    if (choice == "grouped_mm" and not grouped_mm) or (choice == "per_expert" and not may_sync):
-        return default_choice(tokens, num_experts, top_k, grouped_mm)
-    return choice
+    choice = MEASURED.get((name, num_experts, hidden, inter, top_k), "grouped_mm" if grouped_mm else "grouped")
+    return "grouped" if choice == "grouped_mm" and not grouped_mm else choice

@@ -115,10 +115,6 @@ def moe_experts(
 
         run = moe_triton.triton_experts if impl == "grouped" else moe_triton.grouped_mm_experts
         return run(x, weights, ids, w13, w2)
-    if impl == "per_expert":
-        import minimax01.kernels.moe_per_expert as moe_per_expert
-
-        return moe_per_expert.per_expert_experts(x, weights, ids, w13, w2)
     if impl == "dense":
         return experts_dense(x, weights, ids, w13, w2)
     return experts_ref(x, weights, ids, w13, w2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import minimax01.kernels as kernels
 from minimax01.cache import BatchInfo, StateLayout, StateStore
 from minimax01.config import MiniMaxConfig
 from minimax01.model.layer import DecoderLayer
@@ -74,8 +75,9 @@ class MiniMaxLM(nn.Module):
         """The device work of a step whose KV blocks are reserved (kv_pos [T]); no store bookkeeping, so a CUDA
         graph can capture it (engine/cuda_graph.py). Returns float32 logits [len(logits_index) or T, vocab]."""
         h = self.model.embed_tokens(tokens)  # [T, hidden]
-        for layer in self.model.layers:
-            h = layer(h, batch, store, kv_pos)
+        with kernels.step_kind(prefill=not batch.is_decode):  # a token's arithmetic must not follow the chunking
+            for layer in self.model.layers:
+                h = layer(h, batch, store, kv_pos)
         if logits_index is not None:
             h = h[logits_index]
         return self.lm_head(self.model.norm(h)).float()

@@ -1,12 +1,13 @@
-"""Expert mixture as one dense cuBLAS GEMM pair per expert on its expert-sorted rows (prefill candidate).
+"""Expert mixture as one dense cuBLAS GEMM pair per expert on its expert-sorted rows: a comparison row of
+bench/prefill_kernels.py, not an engine path.
 
 Same sort as the grouped kernels (moe_triton.sort_by_expert), then per expert with rows:
     act = silu(x_e w1ᵀ) ⊙ (x_e w3ᵀ)  via one [n, H] x [H, 2I] GEMM and the fused SiLU·mul,
     y_e = act w2ᵀ                    [n, I] x [I, H]
 on contiguous row slices, so every GEMM is a plain cuBLAS call at its best tile shapes. The expert row counts
-are read on the host (one sync): not for CUDA-graph capture, and only worth it when every expert gets enough
-rows that the launches (2 per expert) are small against the GEMMs, i.e. prefill (kernels/moe_prefill_choice.py
-decides from measurements).
+are read on the host (one sync). It can be the fastest at long prefill chunks, but cuBLAS picks each GEMM's
+kernel by the expert's row count, so a token's result would depend on how its prompt was chunked, which prefix
+caching cannot allow (src/minimax01/kernels/moe_prefill_choice.py).
 """
 
 from __future__ import annotations
