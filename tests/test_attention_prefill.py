@@ -92,16 +92,21 @@ def test_matches_reference_half(dtype: torch.dtype, config: prefill.PrefillConfi
     check(LENS, CHUNKS, 16 if not CUDA else 64, dtype, config)
 
 
-# The options the bench sweep explores (BN ≠ BM, V loaded early, warp-specialized full-tile loop; tiny tiles and the
-# model's tile sides), on contexts long enough that the full-tile loop runs several tiles: block size 64 holds a
-# whole BN ≤ 64 tile (one table lookup per tile), 48 does not (a lookup per row).
+# The options the bench sweep explores (BN ≠ BM, V loaded early, scale in the exponent's FMA, warp-specialized
+# full-tile loop; tiny tiles and the model's tile sides), on contexts long enough that the full-tile loop runs
+# several tiles: block size 64 holds a whole BN ≤ 64 tile (one table lookup per tile), 48 does not (one per row).
 Config = prefill.PrefillConfig
-OPTION_CONFIGS = [Config(16, 32, 4, 1), Config(32, 16, 4, 1, v_early=True), Config(16, 16, 4, 1, warp_specialize=True),
-                  Config(128, 128, 8, 3), Config(256, 64, 8, 3, v_early=True),
-                  Config(128, 64, 8, 3, warp_specialize=True, v_early=True)]
+OPTION_CONFIGS = [Config(16, 32, 4, 1), Config(32, 16, 4, 1, v_early=True, exp_fma=True),
+                  Config(16, 16, 4, 1, warp_specialize=True), Config(128, 128, 8, 3, exp_fma=True),
+                  Config(256, 64, 8, 3, v_early=True), Config(128, 64, 8, 3, warp_specialize=True, v_early=True)]
 
 
-@pytest.mark.parametrize("config", OPTION_CONFIGS, ids=str)
+def config_id(c: prefill.PrefillConfig) -> str:
+    return f"{c.block_m}x{c.block_n}" + "".join(f"-{k}" for k in ("v_early", "exp_fma", "warp_specialize")
+                                                if getattr(c, k))
+
+
+@pytest.mark.parametrize("config", OPTION_CONFIGS, ids=config_id)
 @pytest.mark.parametrize("block_size", [64, 48])
 def test_config_options_match_reference(config: prefill.PrefillConfig, block_size: int) -> None:
     if config.warp_specialize and not prefill.supported(HEADS, KV_HEADS, DIM, config):

@@ -52,6 +52,11 @@ class PrefillConfig:
     # Issue the V tile's load before Q·Kᵀ instead of after the softmax statistics, so that its latency hides
     # under the first dot and the exponentials (the FA3 order). Same arithmetic, same result.
     v_early: bool = False
+    # The row max taken on the raw products Q·Kᵀ and scaled once per row (scaling is monotone, so the max is
+    # the same bits), the scale then applied inside the exponent's argument (s·c − m, one FMA per element)
+    # instead of a multiply per element before the max. Differs from the default by at most the rounding of
+    # that argument where the compiler had not fused the two already.
+    exp_fma: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
@@ -110,8 +115,8 @@ def _load_tile(base, desc, bt, t0, kvh, offs_n, offs_d, L, stride_blk, stride_to
 @triton.jit
 def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d, scale_log2,
                  stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                 MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, BS: tl.constexpr,
-                 BN: tl.constexpr, D: tl.constexpr, INTERPRET: tl.constexpr):
+                 MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
+                 BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, INTERPRET: tl.constexpr):
     """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
     tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
     dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
@@ -120,11 +125,17 @@ def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos,
     if V_EARLY:
         vt = _load_tile(v_base, v_desc, bt, t0, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
                         KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D).to(dt)  # [BN, D]
-    s = dot(q, kT, None, INTERPRET) * scale_log2  # [BM, BN] fp32, log2 units
+    s = dot(q, kT, None, INTERPRET)  # [BM, BN] fp32
+    if not EXP_FMA:
+        s = s * scale_log2  # log2 units
     if MASKED:
         s = tl.where((t0 + offs_n)[None, :] <= pos[:, None], s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
-    p = tl.exp2(s - m_new[:, None])
+    if EXP_FMA:
+        m_new = tl.maximum(m, tl.max(s, 1) * scale_log2)
+        p = tl.exp2(s * scale_log2 - m_new[:, None])
+    else:
+        m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
+        p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
     if not V_EARLY:
@@ -141,7 +152,7 @@ def _prefill_kernel(
     stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
-    WS: tl.constexpr, V_EARLY: tl.constexpr, INTERPRET: tl.constexpr,
+    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -175,11 +186,13 @@ def _prefill_kernel(
     for t0 in tl.range(0, full_end, BN, warp_specialize=WS):  # WS=False: the plain software-pipelined loop
         acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
                                  scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
         acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
                                  scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -271,7 +284,7 @@ def prefill(
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
         G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
-        V_EARLY=config.v_early, INTERPRET=interp,
+        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
