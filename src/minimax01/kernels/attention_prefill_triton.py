@@ -132,7 +132,7 @@ def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos,
         s = tl.where((t0 + offs_n)[None, :] <= pos[:, None], s, float("-inf"))
     if EXP_FMA:
         m_new = tl.maximum(m, tl.max(s, 1) * scale_log2)
-        p = tl.exp2(s * scale_log2 - m_new[:, None])
+        p = tl.exp2(tl.fma(s, scale_log2, -m_new[:, None]))  # explicit: whatever the compiler's fp fusion
     else:
         m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
         p = tl.exp2(s - m_new[:, None])
