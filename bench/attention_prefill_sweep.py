@@ -6,7 +6,8 @@ there (compile or launch errors are recorded and the sweep goes on) and its outp
 config's (‖Δ‖/‖default‖, max |Δ|), so that a fast but wrong config cannot win; q is scaled ×4 (exact in bf16) so
 that the softmax is peaked and a missed or misplaced key tile shows. The fastest correct configs and the default
 are then timed again at 1 M (compiled already: seconds), and the winner is the lowest mean time relative to the
-default over the contexts it was timed at.
+default over the contexts it was timed at. A config whose compiled binary equals an earlier one's (an option
+this Triton ignores, a pipeline depth the pipeliner caps) is recorded as such and not timed again.
 
 Comparison rows: torch SDPA on the same shape with the KV gathered contiguous and repeated to the 64 heads (the
 gather is not timed), one row per backend that runs: flash and efficient with a lower-right causal bias (torch
@@ -16,7 +17,8 @@ softmaxes (cuDNN runs only this way). They show what a library kernel reaches on
 
 FLOPs: 4·D·H·Σ visible keys (attention_prefill.tflops); fraction of the bf16 matmul peak measured in the run.
 Order: pointer-load configs first, TMA next, warp-specialized last, so that a config that faults the device
-loses only the rows after it (results are written after every row). A watchdog ends a hung run after MAX_S.
+loses only the rows after it (results are written after every row); then the 1 M finalists, then SDPA. A
+watchdog ends a hung run after MAX_S.
 
     PYTHONPATH=src python bench/attention_prefill.py --sweep            # one H200: about 4 minutes
     PYTHONPATH=src python bench/attention_prefill.py --sweep --smoke    # CPU, tiny shapes, interpreter
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,14 +52,14 @@ else:
         Config(128, 64, 8, 3), Config(128, 64, 8, 2), Config(128, 64, 8, 4), Config(128, 64, 8, 3, v_early=True),
         Config(128, 64, 8, 3, exp_fma=True), Config(128, 128, 8, 2), Config(128, 128, 8, 3),
         Config(128, 128, 8, 2, v_early=True, exp_fma=True), Config(64, 64, 4, 3), Config(64, 128, 4, 3),
-        Config(256, 64, 16, 3), Config(256, 128, 16, 2), Config(256, 64, 16, 3, exp_fma=True),
+        Config(256, 64, 16, 3), Config(256, 64, 16, 3, exp_fma=True),  # (256, 128) spills 1.6 KB: left out
         # TMA descriptors (BN must divide the 64-token block)
-        Config(128, 64, 8, 3, tma=True), Config(128, 64, 8, 4, tma=True), Config(128, 64, 8, 3, tma=True, v_early=True),
+        Config(128, 64, 8, 3, tma=True), Config(128, 64, 8, 2, tma=True), Config(128, 64, 8, 4, tma=True),
+        Config(128, 64, 8, 5, tma=True), Config(128, 64, 8, 3, tma=True, v_early=True),
         Config(128, 64, 8, 3, tma=True, exp_fma=True), Config(256, 64, 16, 3, tma=True),
         # warp-specialized full-tile loop
         Config(128, 64, 8, 3, warp_specialize=True), Config(128, 128, 8, 2, warp_specialize=True),
         Config(128, 64, 8, 3, tma=True, warp_specialize=True), Config(128, 64, 8, 4, tma=True, warp_specialize=True),
-        Config(256, 64, 16, 3, tma=True, warp_specialize=True),
     ]
 FINALISTS = 3  # fastest correct configs timed again at the second context (with the default)
 MAX_REL = 2e-2  # ‖Δ‖/‖default‖ above this: wrong (reordered bf16 sums differ by ~2^-9; a lost tile by O(1))
@@ -94,16 +97,43 @@ def reason_skipped(config: Config, ctx: Context) -> str | None:
     return None
 
 
-def time_config(ctx: Context, L: int, config: Config, default_out: torch.Tensor | None,
-                peak: float | None) -> dict[str, Any]:
+def _binaries() -> dict[int, Any]:
+    """id → compiled binary of every launch of the prefill kernel so far (empty under the interpreter, or with a
+    Triton whose JIT cache is laid out otherwise: then no duplicate is detected)."""
+    try:
+        return {id(k): k for cache in prefill._prefill_kernel.device_caches.values() for k in cache[0].values()}
+    except Exception:  # private Triton structure: best effort
+        return {}
+
+
+def _new_binary(before: dict[int, Any]) -> str | None:
+    """Hash of the cubin(s) compiled since `before`, or None."""
+    try:
+        new = [k.asm["cubin"] for i, k in _binaries().items() if i not in before]
+    except Exception:  # private Triton structure: best effort
+        return None
+    return hashlib.sha1(b"".join(new)).hexdigest()[:12] if new else None
+
+
+def time_config(ctx: Context, L: int, config: Config, default_out: torch.Tensor | None, peak: float | None,
+                seen: dict[str, str]) -> dict[str, Any]:
+    """One row. The first call compiles; where `default_out` is given its output is checked against it, and a
+    config whose binary equals one timed already (`seen`: hash → config; an option this Triton ignores, say)
+    is not timed again."""
     row: dict[str, Any] = dict(context=L, config=short(config))
     if (why := reason_skipped(config, ctx)) is not None:
         return dict(row, error=why)
     t0 = time.time()
     try:
-        if default_out is not None:  # first call compiles; its output is checked against the default's
-            row.update(compare(ctx.ours(L, config), default_out))
+        before = _binaries()
+        out = ctx.ours(L, config)
+        if default_out is not None:
+            row.update(compare(out, default_out))
             row["ok"] = row["rel_vs_default"] <= MAX_REL
+        if (binary := _new_binary(before)) is not None:
+            if binary in seen:
+                return dict(row, same_binary_as=seen[binary])
+            seen[binary] = row["config"]
         ms = sweep_ms(lambda: ctx.ours(L, config))
     except Exception as e:  # a config this Triton cannot compile or launch: recorded, not fatal
         return dict(row, error=f"{type(e).__name__}: {str(e)[:300]}", wall_s=round(time.time() - t0, 1))
@@ -186,32 +216,31 @@ def main() -> None:
         write_results(name, sections, meta)
 
     gen = torch.Generator(device=DEV).manual_seed(0)
-    finalists: list[Config] = configs
-    for i, L in enumerate(CONTEXTS):
-        if i and time.time() - start > BUDGET_S:
-            meta.setdefault("skipped", []).append(f"context {L}: past the time budget")
-            break
-        ctx = Context(L, gen)
-        ctx.q.mul_(Q_GAIN)
-        default_out = ctx.ours(L, default) if i == 0 else None
-        if default_out is not None:
-            ref = paged_attention_ref(ctx.q, ctx.k, ctx.v, ctx.table, [0], [0, CHUNK], [L], ctx.scale)
-            meta["default_rel_err_vs_gather_sdpa"] = compare(default_out, ref)["rel_vs_default"]
-            del ref
-        for config in finalists:
-            sections["configs"].append(time_config(ctx, L, config, default_out, peak))
-            print({k: v for k, v in sections["configs"][-1].items() if k != "context"}, flush=True)
-            save()
-        if i == 0:
-            if time.time() - start <= BUDGET_S:
-                sections["sdpa"] += sdpa_rows(ctx, L, default_out, peak)
-                save()
-            timed = sorted((r for r in sections["configs"] if "ms" in r and r.get("ok")), key=lambda r: r["ms"])
-            names = [r["config"] for r in timed[:FINALISTS]]
-            finalists = [default] + [c for c in configs if short(c) in names and c != default]
-        del ctx, default_out
-        if DEV.type == "cuda":
-            torch.cuda.empty_cache()
+    seen: dict[str, str] = {}
+    L = CONTEXTS[0]
+    ctx = Context(L, gen)
+    ctx.q.mul_(Q_GAIN)
+    default_out = ctx.ours(L, default)
+    ref = paged_attention_ref(ctx.q, ctx.k, ctx.v, ctx.table, [0], [0, CHUNK], [L], ctx.scale)
+    meta["default_rel_err_vs_gather_sdpa"] = compare(default_out, ref)["rel_vs_default"]
+    del ref
+    for config in configs:
+        run_row(sections, time_config(ctx, L, config, default_out, peak, seen), save)
+    timed = sorted((r for r in sections["configs"] if "ms" in r and r.get("ok")), key=lambda r: r["ms"])
+    names = [r["config"] for r in timed[:FINALISTS]]
+    for L2 in CONTEXTS[1:]:  # the finalists at a longer context: compiled already, so seconds each
+        if time.time() - start > BUDGET_S:
+            meta.setdefault("skipped", []).append(f"context {L2}: past the time budget")
+            continue
+        ctx2 = Context(L2, gen)
+        for config in [default] + [c for c in configs if short(c) in names and c != default]:
+            run_row(sections, time_config(ctx2, L2, config, None, peak, {}), save)
+        del ctx2
+    if time.time() - start <= BUDGET_S:
+        sections["sdpa"] += sdpa_rows(ctx, L, default_out, peak)
+        save()
+    else:
+        meta.setdefault("skipped", []).append("SDPA rows: past the time budget")
     _print_table(sections)
     if not any("ms" in r for r in sections["configs"] if r["config"] == short(default)):
         print("the default config did not run: no winner")
@@ -222,12 +251,19 @@ def main() -> None:
     print(f"winner (mean time / default's = {score[winner]:.3f}); the CONFIGS line:\n    ({D}, {DTYPE}): {winner},")
 
 
+def run_row(sections: dict[str, list[dict[str, Any]]], row: dict[str, Any], save: Callable[[], None]) -> None:
+    sections["configs"].append(row)
+    print({k: v for k, v in row.items() if k != "context"}, flush=True)
+    save()
+
+
 def _print_table(sections: dict[str, list[dict[str, Any]]]) -> None:
     print(f"{'context':>8} {'ms':>9} {'TFLOP/s':>8} {'of peak':>7} {'rel Δ':>8}  config / backend")
     for r in sections["configs"] + sections["sdpa"]:
         label = r.get("config") or f"SDPA {r['backend']} ({r['mask']})"
         if "ms" not in r:
-            print(f"{r['context']:>8} {'—':>9} {'':>8} {'':>7} {'':>8}  {label}: {r.get('error')}")
+            why = r.get("error") or f"same binary as {r.get('same_binary_as')}"
+            print(f"{r['context']:>8} {'—':>9} {'':>8} {'':>7} {'':>8}  {label}: {why}")
             continue
         rel_d = r.get("rel_vs_default", r.get("rel_vs_ours", float("nan")))
         print(f"{r['context']:>8} {r['ms']:9.3f} {r['tflops']:8.1f} {r.get('of_peak', float('nan')):7.3f} "
