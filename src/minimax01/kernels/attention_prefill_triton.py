@@ -57,6 +57,9 @@ class PrefillConfig:
     # instead of a multiply per element before the max. Differs from the default by at most the rounding of
     # that argument where the compiler had not fused the two already.
     exp_fma: bool = False
+    # Full tiles (BN dividing the block size): look the next tile's pool block up one iteration ahead, so that
+    # the K/V loads do not wait on a block-table load of their own iteration.
+    block_ahead: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
@@ -74,37 +77,42 @@ def config_for(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
 
 
 @triton.jit
-def _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr):
+def _kv_rows(bt, t0, blk, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr,
+             BLK: tl.constexpr):
     """Pool offsets [BN] (int64: pools pass 2^31 elements at 1 M tokens) of tokens t0 + offs_n of a sequence
-    whose block-table row starts at `bt`. Callers mask tokens past the sequence."""
+    whose block-table row starts at `bt`. Callers mask tokens past the sequence. BLK: `blk` is the pool block
+    of the tile (BN dividing BS), looked up by the caller ahead of time."""
     if BS % BN == 0:  # t0 is a multiple of BN: the tile lies in one block
-        blk = tl.load(bt + t0 // BS).to(tl.int64)
-        return blk * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
+        if not BLK:
+            blk = tl.load(bt + t0 // BS)
+        return blk.to(tl.int64) * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
     tok = t0 + offs_n
     blk = tl.load(bt + tok // BS).to(tl.int64)  # pads past the table's row only for masked tokens
     return blk * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
 
 
 @triton.jit
-def _load_tile(base, desc, bt, t0, kvh, offs_n, offs_d, L, stride_blk, stride_tok,
+def _load_tile(base, desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_blk, stride_tok,
                KEYS: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr,
-               D: tl.constexpr):
+               D: tl.constexpr, BLK: tl.constexpr):
     """Tokens t0..t0+BN of one kv head: Kᵀ [D, BN] (KEYS, as the product takes it) or V [BN, D]. MASKED: tokens
     ≥ L are not loaded (zeros). TMA (full tiles, BN dividing BS): rows blk·BS + t0 % BS .. + BN of the pool seen
     as [blocks·BS, KVH·D]."""
     if TMA:
-        tile = desc.load([tl.load(bt + t0 // BS) * BS + t0 % BS, kvh * D])  # [BN, D]
+        if not BLK:
+            blk = tl.load(bt + t0 // BS)
+        tile = desc.load([blk * BS + t0 % BS, kvh * D])  # [BN, D]
         if KEYS:
             tile = tl.trans(tile)
     elif MASKED:
         valid = t0 + offs_n < L
-        rows = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_blk, stride_tok, BS, BN)
+        rows = _kv_rows(bt, t0, blk, tl.where(valid, offs_n, 0), stride_blk, stride_tok, BS, BN, BLK)
         if KEYS:
             tile = tl.load(base + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
         else:
             tile = tl.load(base + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
     else:
-        rows = _kv_rows(bt, t0, offs_n, stride_blk, stride_tok, BS, BN)
+        rows = _kv_rows(bt, t0, blk, offs_n, stride_blk, stride_tok, BS, BN, BLK)
         if KEYS:
             tile = tl.load(base + rows[None, :] + offs_d[:, None])
         else:
@@ -113,18 +121,18 @@ def _load_tile(base, desc, bt, t0, kvh, offs_n, offs_d, L, stride_blk, stride_to
 
 
 @triton.jit
-def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d, scale_log2,
+def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d, scale_log2,
                  stride_kblk, stride_ktok, stride_vblk, stride_vtok,
                  MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
-                 BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, INTERPRET: tl.constexpr):
+                 BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr, INTERPRET: tl.constexpr):
     """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
     tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
     dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
-    kT = _load_tile(k_base, k_desc, bt, t0, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-                    KEYS=True, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D).to(dt)  # [D, BN]
+    kT = _load_tile(k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
+                    KEYS=True, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [D, BN]
     if V_EARLY:
-        vt = _load_tile(v_base, v_desc, bt, t0, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
-                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D).to(dt)  # [BN, D]
+        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [BN, D]
     s = dot(q, kT, None, INTERPRET)  # [BM, BN] fp32
     if not EXP_FMA:
         s = s * scale_log2  # log2 units
@@ -139,8 +147,8 @@ def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos,
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
     if not V_EARLY:
-        vt = _load_tile(v_base, v_desc, bt, t0, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
-                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D).to(dt)
+        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)
     acc = dot(cast(p, dt, INTERPRET), vt, acc * alpha[:, None], INTERPRET)
     return acc, m_new, l
 
@@ -152,7 +160,7 @@ def _prefill_kernel(
     stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
-    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, INTERPRET: tl.constexpr,
+    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -183,16 +191,23 @@ def _prefill_kernel(
     first = L - n + i0  # position of the tile's first query: keys ≤ first are visible to every row
     full_end = ((first + 1) // BN) * BN
     last = tl.minimum(first + BQ - 1, L - 1)  # the last query the tile holds (rows past n are not stored)
+    # AHEAD (BN dividing BS): each full tile's pool block is looked up one iteration ahead, so that the K/V
+    # addresses hang on a loop-carried value and not on a load of the same iteration (a chain the pipeliner
+    # serializes). The last iteration re-reads the last tile's entry: no read past the sequence's table row.
+    blk_next = tl.load(bt)
     for t0 in tl.range(0, full_end, BN, warp_specialize=WS):  # WS=False: the plain software-pipelined loop
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
-                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+        blk = blk_next
+        if AHEAD:
+            blk_next = tl.load(bt + tl.minimum(t0 + BN, full_end - BN) // BS)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n,
+                                 offs_d, scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
                                  MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
-                                 INTERPRET=INTERPRET)
+                                 BLK=AHEAD, INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, 0, kvh, pos, L, offs_n, offs_d,
                                  scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
                                  MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
-                                 INTERPRET=INTERPRET)
+                                 BLK=False, INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -284,7 +299,8 @@ def prefill(
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
         G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
-        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, INTERPRET=interp,
+        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead and BS % config.block_n == 0,
+        INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
