@@ -57,8 +57,8 @@ class PrefillConfig:
     # instead of a multiply per element before the max. Differs from the default by at most the rounding of
     # that argument where the compiler had not fused the two already.
     exp_fma: bool = False
-    # Full tiles (BN dividing the block size): look the next tile's pool block up one iteration ahead, so that
-    # the K/V loads do not wait on a block-table load of their own iteration.
+    # Full tiles: look the next tile's pool block(s) up one iteration ahead, so that the K/V loads do not wait
+    # on a block-table load of their own iteration.
     block_ahead: bool = False
 
 
@@ -80,15 +80,27 @@ def config_for(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
 def _kv_rows(bt, t0, blk, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr,
              BLK: tl.constexpr):
     """Pool offsets [BN] (int64: pools pass 2^31 elements at 1 M tokens) of tokens t0 + offs_n of a sequence
-    whose block-table row starts at `bt`. Callers mask tokens past the sequence. BLK: `blk` is the pool block
-    of the tile (BN dividing BS), looked up by the caller ahead of time."""
+    whose block-table row starts at `bt`. Callers mask tokens past the sequence. BLK: `blk` holds the pool
+    block(s), looked up by the caller ahead of time: the tile's one block where BN divides BS, else each
+    token's [BN]."""
     if BS % BN == 0:  # t0 is a multiple of BN: the tile lies in one block
         if not BLK:
             blk = tl.load(bt + t0 // BS)
         return blk.to(tl.int64) * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
     tok = t0 + offs_n
-    blk = tl.load(bt + tok // BS).to(tl.int64)  # pads past the table's row only for masked tokens
-    return blk * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
+    if not BLK:
+        blk = tl.load(bt + tok // BS)  # pads past the table's row only for masked tokens
+    return blk.to(tl.int64) * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
+
+
+@triton.jit
+def _tile_blocks(bt, t0, offs_n, BS: tl.constexpr, BN: tl.constexpr):
+    """Pool block of tokens t0..t0+BN (inside the sequence): one scalar where BN divides BS, else [BN]."""
+    if BS % BN == 0:  # one return: Triton types every return of a function alike
+        blk = tl.load(bt + t0 // BS)
+    else:
+        blk = tl.load(bt + (t0 + offs_n) // BS)
+    return blk
 
 
 @triton.jit
@@ -191,14 +203,14 @@ def _prefill_kernel(
     first = L - n + i0  # position of the tile's first query: keys ≤ first are visible to every row
     full_end = ((first + 1) // BN) * BN
     last = tl.minimum(first + BQ - 1, L - 1)  # the last query the tile holds (rows past n are not stored)
-    # AHEAD (BN dividing BS): each full tile's pool block is looked up one iteration ahead, so that the K/V
-    # addresses hang on a loop-carried value and not on a load of the same iteration (a chain the pipeliner
-    # serializes). The last iteration re-reads the last tile's entry: no read past the sequence's table row.
-    blk_next = tl.load(bt)
+    # AHEAD: each full tile's pool block(s) are looked up one iteration ahead, so that the K/V addresses hang on
+    # a loop-carried value and not on a load of the same iteration (a chain the pipeliner serializes). The last
+    # iteration re-reads the last tile's entries: no read past the sequence's table row.
+    blk_next = _tile_blocks(bt, 0, offs_n, BS, BN)
     for t0 in tl.range(0, full_end, BN, warp_specialize=WS):  # WS=False: the plain software-pipelined loop
         blk = blk_next
         if AHEAD:
-            blk_next = tl.load(bt + tl.minimum(t0 + BN, full_end - BN) // BS)
+            blk_next = _tile_blocks(bt, tl.minimum(t0 + BN, full_end - BN), offs_n, BS, BN)
         acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n,
                                  offs_d, scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
                                  MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
@@ -299,7 +311,7 @@ def prefill(
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
         G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
-        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead and BS % config.block_n == 0,
+        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead,
         INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
