@@ -93,18 +93,19 @@ def test_matches_reference_half(dtype: torch.dtype, config: prefill.PrefillConfi
 
 
 # The options the bench sweep explores (BN ≠ BM, V loaded early, scale in the exponent's FMA, warp-specialized
-# full-tile loop, block looked up a tile ahead; tiny tiles and the model's tile sides), on contexts long enough that the full-tile loop runs
-# several tiles: block size 64 holds a whole BN ≤ 64 tile (one table lookup per tile), 48 does not (one per row).
+# full-tile loop, blocks looked up a tile ahead; tiny tiles and the model's tile sides), on contexts long enough
+# that the full-tile loop runs several tiles: block size 64 holds a whole BN ≤ 64 tile (one table lookup per
+# tile), 48 does not (one per row).
 Config = prefill.PrefillConfig
 OPTION_CONFIGS = [Config(16, 32, 4, 1), Config(32, 16, 4, 1, v_early=True, exp_fma=True),
-                  Config(16, 16, 4, 1, warp_specialize=True, block_ahead=True), Config(128, 128, 8, 3, exp_fma=True),
-                  Config(256, 64, 8, 3, v_early=True), Config(128, 64, 8, 3, warp_specialize=True, v_early=True),
-                  Config(128, 64, 8, 3, block_ahead=True)]
+                  Config(16, 16, 4, 1, warp_specialize=True, block_ahead=True),
+                  Config(128, 128, 8, 3, exp_fma=True, block_ahead=True), Config(256, 64, 8, 3, v_early=True),
+                  Config(128, 64, 8, 3, warp_specialize=True, v_early=True), Config(128, 64, 8, 3, block_ahead=True)]
+OPTIONS = ("v_early", "exp_fma", "warp_specialize", "block_ahead")
 
 
 def config_id(c: prefill.PrefillConfig) -> str:
-    return f"{c.block_m}x{c.block_n}" + "".join(f"-{k}" for k in ("v_early", "exp_fma", "warp_specialize", "block_ahead")
-                                                if getattr(c, k))
+    return f"{c.block_m}x{c.block_n}" + "".join(f"-{k}" for k in OPTIONS if getattr(c, k))
 
 
 @pytest.mark.parametrize("config", OPTION_CONFIGS, ids=config_id)

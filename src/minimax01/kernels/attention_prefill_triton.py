@@ -172,7 +172,8 @@ def _prefill_kernel(
     stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
-    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr, INTERPRET: tl.constexpr,
+    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
