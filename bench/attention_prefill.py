@@ -13,6 +13,7 @@ Error: ‖ours − gather+SDPA‖ / ‖gather+SDPA‖ and the max abs difference
 
     PYTHONPATH=src python bench/attention_prefill.py            # one H200: about 4 minutes
     PYTHONPATH=src python bench/attention_prefill.py --smoke    # CPU, tiny shapes under the Triton interpreter
+    PYTHONPATH=src python bench/attention_prefill.py --sweep    # the kernel's config sweep instead (its module)
 
 Writes bench/results/attention-prefill-<date>.{json,md} (and copies under $OUT).
 """
@@ -112,7 +113,14 @@ def whole_prefill_ms(chunk_ms: Callable[[int], float], L: int) -> tuple[float, l
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).add_argument("--smoke", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="config sweep at 128 K and 1 M (attention_prefill_sweep)")
+    if parser.parse_args().sweep:
+        from attention_prefill_sweep import main as sweep
+
+        sweep()
+        return
     start = time.time()
     meta: dict[str, Any] = dict(environment(), heads=H, kv_heads=KVH, head_dim=D, block_size=BS, chunk=CHUNK,
                                 dtype=str(DTYPE), default_config=str(prefill.config_for(D, DTYPE)))

@@ -92,12 +92,42 @@ def test_matches_reference_half(dtype: torch.dtype, config: prefill.PrefillConfi
     check(LENS, CHUNKS, 16 if not CUDA else 64, dtype, config)
 
 
+# The options the bench sweep explores (BN ≠ BM, V loaded early, scale in the exponent's FMA, warp-specialized
+# full-tile loop, blocks looked up a tile ahead; tiny tiles and the model's tile sides), on contexts long enough
+# that the full-tile loop runs several tiles: block size 64 holds a whole BN ≤ 64 tile (one table lookup per
+# tile), 48 does not (one per row).
+Config = prefill.PrefillConfig
+OPTION_CONFIGS = [Config(16, 32, 4, 1), Config(32, 16, 4, 1, v_early=True, exp_fma=True),
+                  Config(16, 16, 4, 1, warp_specialize=True, block_ahead=True),
+                  Config(128, 128, 8, 3, exp_fma=True, block_ahead=True), Config(256, 64, 8, 3, v_early=True),
+                  Config(128, 64, 8, 3, warp_specialize=True, v_early=True), Config(128, 64, 8, 3, block_ahead=True)]
+OPTIONS = ("v_early", "exp_fma", "warp_specialize", "block_ahead")
+
+
+def config_id(c: prefill.PrefillConfig) -> str:
+    return f"{c.block_m}x{c.block_n}" + "".join(f"-{k}" for k in OPTIONS if getattr(c, k))
+
+
+@pytest.mark.parametrize("config", OPTION_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("block_size", [64, 48])
+def test_config_options_match_reference(config: prefill.PrefillConfig, block_size: int) -> None:
+    if config.warp_specialize and not prefill.supported(HEADS, KV_HEADS, DIM, config):
+        pytest.skip("this Triton's tl.range has no warp_specialize")
+    if CUDA and config.warp_specialize:
+        pytest.skip("compiled warp specialization: the bench sweep times it and checks it (or records its error)")
+    lens, chunks = ([300, 140, 9], [40, 3, 9]) if not CUDA else ([9000, 3000], [700, 1])
+    check(lens, chunks, block_size, torch.float32, config)
+    check(lens, chunks, block_size, torch.bfloat16, config)
+
+
 def test_supported_shapes() -> None:
     cfg = prefill.PrefillConfig(128, 64, 8, 3)
     assert prefill.supported(64, 8, 128, cfg)
     assert not prefill.supported(64, 8, 96, cfg)  # head dim not a power of two
     assert not prefill.supported(12, 4, 128, cfg)  # group of 3
     assert not prefill.supported(64, 8, 128, prefill.PrefillConfig(4, 64, 8, 3))  # BM below the group
+    assert not prefill.supported(64, 8, 128, prefill.PrefillConfig(128, 96, 8, 3))  # BN not a power of two
+    assert not prefill.supported(64, 8, 128, prefill.PrefillConfig(128, 8, 8, 3))  # BN below tl.dot's 16
 
 
 def test_tile_schedule_heaviest_first() -> None:

@@ -22,6 +22,8 @@ heaviest tiles (longest key range) first so the tail of the launch is short tile
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,20 @@ class PrefillConfig:
     # Full K/V tiles through TMA descriptors where BN divides the block size (CUDA only). Off by default until
     # bench/attention_prefill.py has measured it against the pointer loads on an H200.
     tma: bool = False
+    # The full-tile key loop as a warp-specialized loop (producer warps load K/V, consumer warps run the dots and
+    # the softmax: Triton's Hopper/Blackwell pipelining). Needs a Triton whose tl.range takes the keyword.
+    warp_specialize: bool = False
+    # Issue the V tile's load before Q·Kᵀ instead of after the softmax statistics, so that its latency hides
+    # under the first dot and the exponentials (the FA3 order). Same arithmetic, same result.
+    v_early: bool = False
+    # The row max taken on the raw products Q·Kᵀ and scaled once per row (scaling is monotone, so the max is
+    # the same bits), the scale then applied inside the exponent's argument (s·c − m, one FMA per element)
+    # instead of a multiply per element before the max. Differs from the default by at most the rounding of
+    # that argument where the compiler had not fused the two already.
+    exp_fma: bool = False
+    # Full tiles: look the next tile's pool block(s) up one iteration ahead, so that the K/V loads do not wait
+    # on a block-table load of their own iteration.
+    block_ahead: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
@@ -61,52 +77,90 @@ def config_for(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
 
 
 @triton.jit
-def _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr):
+def _kv_rows(bt, t0, blk, offs_n, stride_kblk, stride_ktok, BS: tl.constexpr, BN: tl.constexpr,
+             BLK: tl.constexpr):
     """Pool offsets [BN] (int64: pools pass 2^31 elements at 1 M tokens) of tokens t0 + offs_n of a sequence
-    whose block-table row starts at `bt`. Callers mask tokens past the sequence."""
+    whose block-table row starts at `bt`. Callers mask tokens past the sequence. BLK: `blk` holds the pool
+    block(s), looked up by the caller ahead of time: the tile's one block where BN divides BS, else each
+    token's [BN]."""
     if BS % BN == 0:  # t0 is a multiple of BN: the tile lies in one block
-        blk = tl.load(bt + t0 // BS).to(tl.int64)
-        return blk * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
+        if not BLK:
+            blk = tl.load(bt + t0 // BS)
+        return blk.to(tl.int64) * stride_kblk + ((t0 % BS) + offs_n).to(tl.int64) * stride_ktok
     tok = t0 + offs_n
-    blk = tl.load(bt + tok // BS).to(tl.int64)  # pads past the table's row only for masked tokens
-    return blk * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
+    if not BLK:
+        blk = tl.load(bt + tok // BS)  # pads past the table's row only for masked tokens
+    return blk.to(tl.int64) * stride_kblk + (tok % BS).to(tl.int64) * stride_ktok
 
 
 @triton.jit
-def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d, scale_log2,
-                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                 MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-                 INTERPRET: tl.constexpr):
-    """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
-    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded). TMA (full
-    tiles, BN dividing BS): the tile is rows blk·BS + t0 % BS .. + BN of the pool seen as [blocks·BS, KVH·D]."""
-    dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
-    tok = t0 + offs_n
-    if TMA:
-        row = tl.load(bt + t0 // BS) * BS + t0 % BS
-        kT = tl.trans(k_desc.load([row, kvh * D]).to(dt))
-    elif MASKED:
-        valid = tok < L
-        rows_k = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_kblk, stride_ktok, BS, BN)
-        rows_v = _kv_rows(bt, t0, tl.where(valid, offs_n, 0), stride_vblk, stride_vtok, BS, BN)
-        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0).to(dt)
+def _tile_blocks(bt, t0, offs_n, BS: tl.constexpr, BN: tl.constexpr):
+    """Pool block of tokens t0..t0+BN (inside the sequence): one scalar where BN divides BS, else [BN]."""
+    if BS % BN == 0:  # one return: Triton types every return of a function alike
+        blk = tl.load(bt + t0 // BS)
     else:
-        rows_k = _kv_rows(bt, t0, offs_n, stride_kblk, stride_ktok, BS, BN)
-        rows_v = _kv_rows(bt, t0, offs_n, stride_vblk, stride_vtok, BS, BN)
-        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None]).to(dt)  # [D, BN]: Kᵀ as the product takes it
-    s = dot(q, kT, None, INTERPRET) * scale_log2  # [BM, BN] fp32, log2 units
+        blk = tl.load(bt + (t0 + offs_n) // BS)
+    return blk
+
+
+@triton.jit
+def _load_tile(base, desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_blk, stride_tok,
+               KEYS: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr,
+               D: tl.constexpr, BLK: tl.constexpr):
+    """Tokens t0..t0+BN of one kv head: Kᵀ [D, BN] (KEYS, as the product takes it) or V [BN, D]. MASKED: tokens
+    ≥ L are not loaded (zeros). TMA (full tiles, BN dividing BS): rows blk·BS + t0 % BS .. + BN of the pool seen
+    as [blocks·BS, KVH·D]."""
+    if TMA:
+        if not BLK:
+            blk = tl.load(bt + t0 // BS)
+        tile = desc.load([blk * BS + t0 % BS, kvh * D])  # [BN, D]
+        if KEYS:
+            tile = tl.trans(tile)
+    elif MASKED:
+        valid = t0 + offs_n < L
+        rows = _kv_rows(bt, t0, blk, tl.where(valid, offs_n, 0), stride_blk, stride_tok, BS, BN, BLK)
+        if KEYS:
+            tile = tl.load(base + rows[None, :] + offs_d[:, None], mask=valid[None, :], other=0.0)
+        else:
+            tile = tl.load(base + rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
+    else:
+        rows = _kv_rows(bt, t0, blk, offs_n, stride_blk, stride_tok, BS, BN, BLK)
+        if KEYS:
+            tile = tl.load(base + rows[None, :] + offs_d[:, None])
+        else:
+            tile = tl.load(base + rows[:, None] + offs_d[None, :])
+    return tile
+
+
+@triton.jit
+def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d, scale_log2,
+                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                 MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
+                 BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
+    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
+    dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
+    kT = _load_tile(k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
+                    KEYS=True, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [D, BN]
+    if V_EARLY:
+        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [BN, D]
+    s = dot(q, kT, None, INTERPRET)  # [BM, BN] fp32
+    if not EXP_FMA:
+        s = s * scale_log2  # log2 units
     if MASKED:
-        s = tl.where(tok[None, :] <= pos[:, None], s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
-    p = tl.exp2(s - m_new[:, None])
+        s = tl.where((t0 + offs_n)[None, :] <= pos[:, None], s, float("-inf"))
+    if EXP_FMA:
+        m_new = tl.maximum(m, tl.max(s, 1) * scale_log2)
+        p = tl.exp2(tl.fma(s, scale_log2, -m_new[:, None]))  # explicit: whatever the compiler's fp fusion
+    else:
+        m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
+        p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
-    if TMA:
-        vt = v_desc.load([row, kvh * D]).to(dt)
-    elif MASKED:
-        vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0).to(dt)
-    else:
-        vt = tl.load(v_base + rows_v[:, None] + offs_d[None, :]).to(dt)  # [BN, D]
+    if not V_EARLY:
+        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)
     acc = dot(cast(p, dt, INTERPRET), vt, acc * alpha[:, None], INTERPRET)
     return acc, m_new, l
 
@@ -118,6 +172,7 @@ def _prefill_kernel(
     stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok, stride_vh, stride_bt,
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
+    WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -149,14 +204,23 @@ def _prefill_kernel(
     first = L - n + i0  # position of the tile's first query: keys ≤ first are visible to every row
     full_end = ((first + 1) // BN) * BN
     last = tl.minimum(first + BQ - 1, L - 1)  # the last query the tile holds (rows past n are not stored)
-    for t0 in range(0, full_end, BN):
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
-                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+    # AHEAD: each full tile's pool block(s) are looked up one iteration ahead, so that the K/V addresses hang on
+    # a loop-carried value and not on a load of the same iteration (a chain the pipeliner serializes). The last
+    # iteration re-reads the last tile's entries: no read past the sequence's table row.
+    blk_next = _tile_blocks(bt, 0, offs_n, BS, BN)
+    for t0 in tl.range(0, full_end, BN, warp_specialize=WS):  # WS=False: the plain software-pipelined loop
+        blk = blk_next
+        if AHEAD:
+            blk_next = _tile_blocks(bt, tl.minimum(t0 + BN, full_end - BN), offs_n, BS, BN)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n,
+                                 offs_d, scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=AHEAD, INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
-        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, kvh, pos, L, offs_n, offs_d,
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, 0, kvh, pos, L, offs_n, offs_d,
                                  scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=True, TMA=False, BS=BS, BN=BN, D=D, INTERPRET=INTERPRET)
+                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=False, INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -164,11 +228,25 @@ def _prefill_kernel(
 
 
 def supported(heads: int, kv_heads: int, head_dim: int, config: PrefillConfig) -> bool:
-    """Power-of-two head dims ≥ 16 (tl.arange / tl.dot) and a power-of-two GQA group that divides BM into whole
-    query tokens (the model: G = 8, BM = 128)."""
+    """Power-of-two head dims and tile sides ≥ 16 (tl.arange / tl.dot), a power-of-two GQA group that divides BM
+    into whole query tokens (the model: G = 8, BM = 128), and a Triton that has what the config asks for."""
     g = heads // kv_heads if kv_heads and heads % kv_heads == 0 else 0
     return (head_dim >= 16 and _pow2(head_dim) and _pow2(g) and config.block_m % g == 0
-            and config.block_m >= 16)
+            and all(x >= 16 and _pow2(x) for x in (config.block_m, config.block_n))
+            and (not config.warp_specialize or _range_takes("warp_specialize")))
+
+
+@functools.lru_cache(maxsize=None)
+def _range_takes(keyword: str) -> bool:
+    """Whether this Triton's tl.range has `keyword` (warp_specialize: Triton ≥ 3.4)."""
+    return keyword in inspect.signature(tl.range.__init__).parameters
+
+
+def tma_applies(config: PrefillConfig, block_size: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Whether a launch with `config` reads its full tiles through TMA: asked for, compiled (not the interpreter),
+    a BN-token tile inside one pool block, and pools a descriptor can describe. Otherwise pointer loads."""
+    return (config.tma and not interpreting() and block_size % config.block_n == 0 and k_cache.is_contiguous()
+            and v_cache.is_contiguous())
 
 
 def _pow2(x: int) -> bool:
@@ -217,8 +295,7 @@ def prefill(
         return out
     dev = q.device
     interp = interpreting()
-    tma = (config.tma and not interp and BS % config.block_n == 0 and k_cache.is_contiguous()
-           and v_cache.is_contiguous())
+    tma = tma_applies(config, BS, k_cache, v_cache)
     k_desc, v_desc = k_cache, v_cache  # unused placeholders without TMA
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -234,7 +311,9 @@ def prefill(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
-        G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, INTERPRET=interp,
+        G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
+        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead,
+        INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
