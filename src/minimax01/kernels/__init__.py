@@ -12,6 +12,7 @@ from minimax01.kernels.dispatch import decode_graph_capturable, step_kind, use_b
 from minimax01.kernels.ops import (
     lightning_decode,
     lightning_prefill,
+    linear,
     moe_experts,
     moe_experts_int8,
     moe_route,
@@ -29,6 +30,7 @@ __all__ = [
     "decode_graph_capturable",
     "lightning_decode",
     "lightning_prefill",
+    "linear",
     "moe_experts",
     "moe_experts_int8",
     "moe_route",

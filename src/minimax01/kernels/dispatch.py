@@ -188,6 +188,14 @@ def _moe_experts_int8(triton: bool, x: torch.Tensor, ids: torch.Tensor, w13: tor
     return "per_expert"
 
 
+def _linear(triton: bool, x: torch.Tensor, weight: torch.Tensor) -> str:
+    # Prefill steps on a GPU only: there cuBLAS may sum a row differently with the chunk's row count
+    # (linear_triton.py); decode steps and everything else keep cuBLAS.
+    ok = (triton and x.is_cuda and bool(_prefill_step.get()) and x.dtype in HALF_DTYPES
+          and weight.dtype == x.dtype and x.stride(-1) == 1 and weight.stride(-1) == 1)
+    return "triton" if ok else "torch"
+
+
 def _w8a16_linear(triton: bool, x: torch.Tensor) -> str:
     rows = x.numel() // max(x.shape[-1], 1)
     return "triton" if triton and x.dtype in HALF_DTYPES and rows <= W8A16_TRITON_MAX_M else "torch"
@@ -242,6 +250,7 @@ RULES: dict[str, Callable[..., str]] = {
     "moe_route": _moe_route,  # (logits)
     "moe_experts": _moe_experts,  # (x, ids, w13, w2)
     "moe_experts_int8": _moe_experts_int8,  # (x, ids, w13, w2)
+    "linear": _linear,  # (x, weight)
     "w8a16_linear": _w8a16_linear,  # (x)
     "paged_decode_attention": _paged_decode,  # (q, k_cache)
     "paged_prefill_attention": _paged_prefill,  # (q, k_cache)

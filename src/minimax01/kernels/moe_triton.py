@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from minimax01.kernels.fused_ops import silu_mul
-from minimax01.kernels.triton_common import cast, dot, interpreting, widen
+from minimax01.kernels.triton_common import cast, dot, interpreting, swizzle, widen
 
 
 @triton.jit
@@ -45,15 +45,6 @@ def _block_rows(pid, blk_ptr, offs_ptr, order_ptr, E: tl.constexpr, EP: tl.const
     # Rows past the expert's end point at assignment 0: loads stay in bounds, stores are masked.
     src = tl.load(order_ptr + rows, mask=rmask, other=0)
     return e, rows, rmask, src
-
-
-@triton.jit
-def _swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    """Group GROUP_M row blocks so that a wave of programs reuses their x rows and weight tiles in L2."""
-    in_group = GROUP_M * num_n
-    first_m = (pid // in_group) * GROUP_M
-    size = tl.minimum(num_m - first_m, GROUP_M)
-    return first_m + (pid % in_group) % size, (pid % in_group) // size
 
 
 @triton.jit
@@ -75,7 +66,7 @@ def _moe_up_kernel(
 ):
     # act[row] = silu(w1·x[tok]) ⊙ (w3·x[tok]) for BM sorted rows of one expert and BN columns; with INT8_W
     # w1 = s1 · q1 and w3 = s3 · q3 (s_ptr: [E, 2N] fp32 scales; unused, may be None, otherwise).
-    pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
+    pid_m, pid_n = swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
     if pid_m < tl.load(blk_ptr + E):
         e, rows, rmask, src = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
         tok = src // TOPK
@@ -112,7 +103,7 @@ def _moe_down_kernel(
 ):
     # y[assignment] = routing weight · (act[row] @ w2ᵀ), stored at the assignment's unsorted position; with
     # INT8_W w2 = s2 · q2 (s_ptr: [E, N] fp32 scales; unused, may be None, otherwise).
-    pid_m, pid_n = _swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
+    pid_m, pid_n = swizzle(tl.program_id(0), num_m, (N + BN - 1) // BN, GROUP_M)
     if pid_m < tl.load(blk_ptr + E):
         e, rows, rmask, dst = _block_rows(pid_m, blk_ptr, offs_ptr, order_ptr, E, EP, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)

@@ -97,6 +97,19 @@ def moe_route(
     return route_ref(logits, top_k, dtype)
 
 
+def linear(
+    x: torch.Tensor,  # [..., K]
+    weight: torch.Tensor,  # [N, K]
+) -> torch.Tensor:
+    """x Wᵀ [..., N] (no bias). In prefill steps on a GPU the row-invariant Triton GEMM (linear_triton.py says
+    why), otherwise torch (cuBLAS)."""
+    if select("linear", x, weight) == "triton":
+        import minimax01.kernels.linear_triton as linear_triton
+
+        return linear_triton.linear(x, weight)
+    return torch.nn.functional.linear(x, weight)
+
+
 def moe_experts(
     x: torch.Tensor,  # [T, hidden]
     weights: torch.Tensor,  # [T, k] routing weights (model dtype)

@@ -57,3 +57,13 @@ def widen(w, like, INTERPRET: tl.constexpr):
     if INTERPRET:
         return w.to(tl.float32)
     return w.to(like.dtype)
+
+
+@triton.jit
+def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """(row block, column block) of program `pid`: GROUP_M row blocks side by side, so that a wave of programs
+    reuses their x rows and weight tiles in L2."""
+    in_group = GROUP_M * num_n
+    first_m = (pid // in_group) * GROUP_M
+    size = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % in_group) % size, (pid % in_group) // size

@@ -11,6 +11,7 @@ from torch import nn
 import minimax01.kernels as kernels
 from minimax01.cache import BatchInfo, StateStore
 from minimax01.config import MiniMaxConfig
+from minimax01.model.linear import Linear
 
 
 def rope_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
@@ -28,10 +29,10 @@ class SoftmaxAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = config.head_dim ** -0.5
         inner, kv = config.inner_size, config.num_key_value_heads * config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, inner, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, kv, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, kv, bias=False)
-        self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self.q_proj = Linear(config.hidden_size, inner)
+        self.k_proj = Linear(config.hidden_size, kv)
+        self.v_proj = Linear(config.hidden_size, kv)
+        self.o_proj = Linear(inner, config.hidden_size)
         self._inv_freq = rope_inv_freq(config.rotary_dim, config.rope_theta)  # fp32, not a buffer (see lightning)
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:

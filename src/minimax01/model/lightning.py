@@ -11,6 +11,7 @@ import minimax01.kernels as kernels
 from minimax01.cache import BatchInfo, StateStore
 from minimax01.config import MiniMaxConfig
 from minimax01.kernels.lightning_ref import layer_decay_rates
+from minimax01.model.linear import Linear
 from minimax01.model.norm import RMSNorm
 
 
@@ -22,10 +23,10 @@ class LightningAttention(nn.Module):
         self.head_dim = config.head_dim
         self.block = config.block_size
         inner = config.inner_size
-        self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
-        self.output_gate = nn.Linear(config.hidden_size, inner, bias=False)
+        self.qkv_proj = Linear(config.hidden_size, 3 * inner)
+        self.output_gate = Linear(config.hidden_size, inner)
         self.norm = RMSNorm(inner, eps=config.lightning_norm_eps)
-        self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self.out_proj = Linear(inner, config.hidden_size)
         # fp32 decay rates kept OUT of the module's buffers so that model.to(bf16) never rounds them
         # (transformers stores them as buffers and loses precision, docs/model.md §10 #4).
         self._decay = layer_decay_rates(self.num_heads, layer_idx, config.num_hidden_layers)

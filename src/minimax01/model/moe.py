@@ -14,6 +14,7 @@ from torch import nn
 import minimax01.kernels as kernels
 from minimax01.config import MiniMaxConfig
 from minimax01.model.checkpoint_names import expert_parts
+from minimax01.model.linear import Linear
 
 
 def route(router_logits: torch.Tensor, top_k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,7 @@ class SparseMoE(nn.Module):
     def __init__(self, config: MiniMaxConfig) -> None:
         super().__init__()
         self.top_k = config.num_experts_per_tok
-        self.gate = nn.Linear(config.hidden_size, config.num_local_experts, bias=False)
+        self.gate = Linear(config.hidden_size, config.num_local_experts)
         self.experts = MoEExperts(config.num_local_experts, config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
