@@ -26,6 +26,10 @@ evicted from its end. Snapshots have their own byte budgets, on the device and o
 
 Concurrent requests: the snapshot keys a running request will produce are *pending*; a request whose next
 snapshot is pending waits in the queue (`must_wait`) instead of prefilling the same tokens a second time.
+
+A sharded model: this cache lives on rank 0 only and decides alone. What it does to the store (attach, keep,
+unkeep) and to its snapshots (taken under a key from a slot, spilled, reloaded, dropped) goes into the store's op
+log, which the follower ranks replay on their own shards (parallel/mirror.py): keys and ids, never tensors.
 """
 
 from __future__ import annotations
