@@ -145,6 +145,15 @@ def test_a_follower_that_skips_a_restore_or_loses_a_snapshot_is_caught(model: to
         eng.model.check_mirror(eng.prefix_cache.snapshots)
 
 
+def test_an_operation_that_cannot_apply_stops_the_follower(model: torch.nn.Module) -> None:
+    mirror = StoreMirror(model.new_store(2, num_kv_blocks=32, kv_block_size=PAGE))
+    mirror.replay([("allocate", 0)])
+    with pytest.raises(OutOfLockstep, match="allocated slot 1, rank 0's slot 0"):
+        mirror.replay([("allocate", 0)])
+    with pytest.raises(OutOfLockstep, match="cannot replay rank 0's attach"):  # a snapshot it does not have
+        mirror.replay([("free", 1), ("allocate", 1), ("attach", 1, 0, [], b"key")])
+
+
 # ---------------------------------------------------------------------------------------------- 2 processes
 def _rank(ckpt: Path, tp: int, ep: int, out_dir: Path, skip_restore: bool) -> None:
     torch.set_num_threads(1)  # 2 processes on 2 cores

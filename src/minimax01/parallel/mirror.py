@@ -51,39 +51,43 @@ class StoreMirror:
         self.snapshots = SnapshotStore(store.device, budget_bytes=0)  # no budget: rank 0's moves are replayed
 
     def replay(self, ops: list[tuple]) -> None:
-        """Applies rank 0's logged calls, in order."""
-        store, snaps = self.store, self.snapshots
+        """Applies rank 0's logged calls, in order; OutOfLockstep when one cannot apply here (a block, slot or
+        snapshot this store does not have as rank 0 had it)."""
         for op, *args in ops:
-            if op == "allocate":
-                if (got := store.allocate()) != args[0]:
-                    raise OutOfLockstep(f"{this_rank()} is out of lockstep: its store allocated slot {got}, rank 0's "
-                                        f"slot {args[0]}")
-            elif op == "free":
-                store.free(args[0])
-            elif op == "attach":
-                slot, length, blocks, key = args
-                store.attach_prefix(slot, length, blocks, self._device_state(key))
-            elif op == "keep":
-                store.keep_block(args[0])
-            elif op == "unkeep":
-                store.unkeep_block(args[0])
-            elif op == "snapshot":
-                slot, key = args
-                snaps.add(key, store.lightning[:, slot])  # this rank's heads, after the step rank 0 took it after
-            elif op == "spill":
-                snaps.spill(args[0])
-            elif op == "reload":
-                snaps.reload(args[0])
-            elif op == "drop":
-                snaps.drop(args[0])
-            else:
-                raise ValueError(f"unknown store operation {op!r}")
+            try:
+                self._apply(op, args)
+            except (KeyError, ValueError) as e:
+                raise OutOfLockstep(f"{this_rank()} cannot replay rank 0's {op}{tuple(args)}: {e}") from e
+
+    def _apply(self, op: str, args: list) -> None:
+        store, snaps = self.store, self.snapshots
+        if op == "allocate":
+            if (got := store.allocate()) != args[0]:
+                raise ValueError(f"the store allocated slot {got}, rank 0's slot {args[0]}")
+        elif op == "free":
+            store.free(args[0])
+        elif op == "attach":
+            slot, length, blocks, key = args
+            store.attach_prefix(slot, length, blocks, self._device_state(key))
+        elif op == "keep":
+            store.keep_block(args[0])
+        elif op == "unkeep":
+            store.unkeep_block(args[0])
+        elif op == "snapshot":
+            slot, key = args
+            snaps.add(key, store.lightning[:, slot])  # this rank's heads, after the step rank 0 took it after
+        elif op == "spill":
+            snaps.spill(args[0])
+        elif op == "reload":
+            snaps.reload(args[0])
+        elif op == "drop":
+            snaps.drop(args[0])
+        else:
+            raise ValueError(f"unknown store operation {op!r}")
 
     def _device_state(self, key: Hashable) -> torch.Tensor:
-        try:
-            return self.snapshots.device_state(key)
-        except KeyError:
-            raise OutOfLockstep(f"{this_rank()} has no snapshot {key!r} on its device; rank 0 restores one") from None
+        """This rank's snapshot of `key`, which rank 0 restores (reloaded before, if it had been spilled)."""
+        return self.snapshots.device_state(key)
 
     def digest(self) -> bytes:
         return digest(self.store, self.snapshots)
