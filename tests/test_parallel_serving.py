@@ -1,6 +1,7 @@
 """Serving a sharded model (parallel.lockstep) on CPU with gloo: rank 0's engine over a LockstepModel must
 produce exactly the tokens of a single-process engine; `minimax01 generate --tp 2` must print what tp=1 prints;
-`minimax01 serve --tp 2` must answer like the tp=1 server and stop its whole process tree on SIGTERM."""
+`minimax01 serve --tp 2` must answer like the tp=1 server (a repeated prompt restored from the prefix cache
+included) and stop its whole process tree on SIGTERM."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def _serve(ckpt: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     with open(log, "w") as out:
         # One intra-op thread per process: 3 processes share 2 cores.
         proc = subprocess.Popen([sys.executable, "-m", "minimax01", "serve", "--model", str(ckpt), "--port",
-                                 str(port), "--max-model-len", "256", *extra], stdout=out, stderr=subprocess.STDOUT,
+                                 str(port), "--max-model-len", "512", *extra], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     return proc, f"http://127.0.0.1:{port}"
 
@@ -187,17 +188,25 @@ def servers(tiny_checkpoint: Path, tmp_path: Path) -> Iterator[dict]:
 def test_serve_tp2_matches_tp1_and_stops_on_sigterm(servers: dict) -> None:
     from openai import OpenAI
 
-    replies = {}
+    replies, repeated = {}, {}
+    prompt = [(7 * i + 3) % 500 for i in range(300)]
     for name in ("tp1", "tp2"):
         client = OpenAI(base_url=f"{servers[name][1]}/v1", api_key="unused", max_retries=0, timeout=60)
         reply = client.chat.completions.create(model=servers["model"], temperature=0, max_tokens=16,
                                                messages=[{"role": "user", "content": "Hello, who are you?"}])
         replies[name] = (reply.choices[0].message.content, reply.choices[0].finish_reason,
                          reply.usage.completion_tokens)
+        # Prefix caching is on by default, sharded too: the prompt sent again restores its first 256 tokens (the
+        # last multiple of 256 in it), on rank 0 and, for its own heads, on the follower.
+        runs = [client.completions.create(model=servers["model"], prompt=prompt, max_tokens=8, temperature=0)
+                for _ in range(2)]
+        repeated[name] = [(r.choices[0].text, r.usage.prompt_tokens_details.cached_tokens) for r in runs]
     # fp32 on CPU: tp=2 sums the heads' and experts' partial results in another order (~1e-6 relative), far
     # below the gaps between the random tiny model's top logits, so greedy decoding must agree token for token.
     assert replies["tp2"] == replies["tp1"]
     assert replies["tp1"][2] > 0
+    assert repeated["tp2"] == repeated["tp1"]
+    assert [cached for _, cached in repeated["tp2"]] == [0, 256]
 
     proc = servers["tp2"][0]
     tree = _descendants(proc.pid)

@@ -13,7 +13,7 @@ and how many new tokens it brings (`num_new`). Tokens of all sequences are conca
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -130,10 +130,17 @@ class StateStore:
         # Device copy of block_tables for kernels: [max_seqs, width] int32, row = slot; entries past a slot's
         # length are stale (kernels read only below the length). The width doubles on demand.
         self.block_table_t = torch.zeros(max_seqs, 16, dtype=torch.int32, device=self.device)
-        # A list records every allocate() / free() as ("allocate" | "free", slot), in order: the slots and KV
-        # blocks of a store follow from these calls and the steps alone, so replaying the log on another
-        # rank's store (parallel.lockstep) keeps the two identical. None = not recorded.
-        self.op_log: list[tuple[str, int]] | None = None
+        # A list records, in order, every call that changes the slots, the KV blocks' holders or the lightning
+        # states outside a step: ("allocate", slot), ("free", slot), ("attach", slot, length, blocks, key),
+        # ("keep", block), ("unkeep", block), and the prefix cache's snapshot operations (`log_op`). A store
+        # follows from these calls and the steps alone, so replaying the log on another rank's store
+        # (parallel/mirror.py) keeps the two identical. None = not recorded.
+        self.op_log: list[tuple] | None = None
+
+    def log_op(self, *op: object) -> None:
+        """Appends `op` to the op log, if it is recorded (see op_log)."""
+        if self.op_log is not None:
+            self.op_log.append(op)
 
     # ------------------------------------------------------------------ slots
     def allocate(self) -> int:
@@ -144,8 +151,7 @@ class StateStore:
         self.lightning[:, slot].zero_()
         self.block_tables[slot] = []
         self.seq_lens[slot] = 0
-        if self.op_log is not None:
-            self.op_log.append(("allocate", slot))
+        self.log_op("allocate", slot)
         return slot
 
     def free(self, slot: int) -> None:
@@ -156,20 +162,22 @@ class StateStore:
             self.release_block(block)
         del self.seq_lens[slot]
         self.free_slots.append(slot)
-        if self.op_log is not None:
-            self.op_log.append(("free", slot))
+        self.log_op("free", slot)
 
-    def attach_prefix(self, slot: int, length: int, blocks: list[int], state: torch.Tensor) -> None:
+    def attach_prefix(self, slot: int, length: int, blocks: list[int], state: torch.Tensor,
+                      key: Hashable | None = None) -> None:
         """Starts the fresh `slot` from a cached prefix of `length` tokens: its table begins with the full,
         read-only KV `blocks` of those tokens (shared: one more reference each; none without softmax layers) and
         its lightning state becomes `state` ([linear_layers, heads, D, D] fp32, the state after the prefix).
-        Decode and prefill write only at positions >= the length, i.e. into blocks of the slot's own."""
+        Decode and prefill write only at positions >= the length, i.e. into blocks of the slot's own.
+        `key` names the snapshot `state` is, for the op log: a mirror restores its own snapshot of that key."""
         if self.full_index and len(blocks) * self.kv_block_size != length:
             raise ValueError(f"a shared prefix is whole blocks: {len(blocks)} blocks cannot hold {length} tokens")
         if self.seq_lens.get(slot) != 0:
             raise ValueError(f"slot {slot} is not fresh: a prefix can only start an empty sequence")
-        if self.op_log is not None:
-            raise RuntimeError("a mirrored store (op_log) replays allocate/free only; it cannot share a prefix")
+        if self.op_log is not None and key is None:
+            raise ValueError("a mirrored store (op_log) needs the key of the snapshot a prefix starts from")
+        self.log_op("attach", slot, length, list(blocks), key)
         for block in blocks:
             self.retain_block(block)
         self.block_tables[slot] = list(blocks)
@@ -202,6 +210,7 @@ class StateStore:
             raise ValueError(f"KV block {block} is kept already")
         self.retain_block(block)
         self.kept_blocks.add(block)
+        self.log_op("keep", block)
 
     def unkeep_block(self, block: int) -> None:
         """The prefix cache drops its reference (the block is free if no slot holds it)."""
@@ -209,6 +218,7 @@ class StateStore:
         if self.block_refs[block] == 1:
             self.num_idle_kept -= 1
         self.release_block(block)
+        self.log_op("unkeep", block)
 
     @property
     def num_free_slots(self) -> int:

@@ -63,16 +63,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("prefix caching (docs/prefix_caching.md)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the KV blocks and lightning states of prompt prefixes that earlier requests "
-                        "prefilled (default on; off for --tp/--ep > 1)")
+                        "prefilled (default on, sharded models too)")
     g.add_argument("--prefix-snapshot-interval", type=positive_int, metavar="N",
                    help="tokens between lightning-state snapshots, a multiple of lcm(256, --kv-block-size) "
                         "(default 1024); every prompt's last multiple of that lcm is snapshotted too")
     g.add_argument("--prefix-cache-memory", type=parse_bytes, metavar="BYTES",
-                   help="device memory for lightning-state snapshots, e.g. 8G (default 4G); cached KV blocks "
-                        "live in --kv-cache-memory")
+                   help="device memory for lightning-state snapshots, e.g. 8G (default 4G; per rank, whose "
+                        "snapshots hold its share of the heads); cached KV blocks live in --kv-cache-memory")
     g.add_argument("--prefix-cache-host-memory", type=parse_bytes, metavar="BYTES",
                    help="host memory (pinned on CUDA) that snapshots move to when --prefix-cache-memory is full, "
-                        "copied back asynchronously on a hit (default 0: evicted snapshots are dropped)")
+                        "copied back asynchronously on a hit (default 0: evicted snapshots are dropped; per rank)")
     defaults = HttpLimits()
     p.add_argument("--read-timeout", type=seconds, default=defaults.read_timeout, metavar="SECONDS",
                    help="a request's head, and then its body, must arrive within this time, else the connection "

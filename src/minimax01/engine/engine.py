@@ -66,8 +66,8 @@ class LLMEngine:
             `default_stop_ids()`. A request's own `stop_token_ids` always apply.
         cuda_graphs: wrap the model in a DecodeGraphRunner, which replays pure-decode steps from CUDA graphs
             (engine/cuda_graph.py); default: on for CUDA with the Triton kernels unless MINIMAX01_CUDA_GRAPHS=0.
-        prefix_caching: reuse cached prompt prefixes (engine/prefix_cache.py); off for a sharded model, whose
-            follower ranks mirror only slot allocation.
+        prefix_caching: reuse cached prompt prefixes (engine/prefix_cache.py); for a sharded model too, whose
+            follower ranks replay the cache's operations on their own shards (parallel/mirror.py).
         prefix_snapshot_interval: tokens between lightning-state snapshots (a multiple of lcm(256, page)).
         prefix_cache_bytes: memory of the lightning-state snapshots on the model's device.
         prefix_cache_host_bytes: host memory that snapshots are spilled to when the device budget is full.
@@ -108,7 +108,7 @@ class LLMEngine:
         self.store = self.model.new_store(max_num_seqs, num_kv_blocks=num_kv_blocks, kv_block_size=kv_block_size)
         self.prefix_cache = (new_prefix_cache(self.store, config, model.dtype, prefix_snapshot_interval,
                                               prefix_cache_bytes, prefix_cache_host_bytes)
-                             if prefix_caching and self.store.op_log is None else None)
+                             if prefix_caching else None)
         self.scheduler = Scheduler(self.store, max_num_batched_tokens, self.prefix_cache)
         self.sampler = Sampler()
         self.default_stop_token_ids = (list(default_stop_token_ids) if default_stop_token_ids is not None

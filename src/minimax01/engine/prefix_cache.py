@@ -26,6 +26,10 @@ evicted from its end. Snapshots have their own byte budgets, on the device and o
 
 Concurrent requests: the snapshot keys a running request will produce are *pending*; a request whose next
 snapshot is pending waits in the queue (`must_wait`) instead of prefilling the same tokens a second time.
+
+A sharded model: this cache lives on rank 0 only and decides alone. What it does to the store (attach, keep,
+unkeep) and to its snapshots (taken under a key from a slot, spilled, reloaded, dropped) goes into the store's op
+log, which the follower ranks replay on their own shards (parallel/mirror.py): keys and ids, never tensors.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class PrefixHit:
     length: int  # tokens served from the cache (0: none); a snapshot position
     kv_blocks: list[int]  # the shared KV blocks of those tokens (empty without softmax layers)
     state: torch.Tensor | None  # lightning states after `length` tokens [linear_layers, H, D, D] fp32
+    key: bytes | None = None  # the snapshot's key (a mirrored store logs it: followers restore their own)
 
 
 NO_HIT = PrefixHit(0, [], None)
@@ -90,7 +95,8 @@ class PrefixCache:
         self.salt = hashlib.blake2b(salt.encode(), digest_size=16).digest()
         self.has_kv = bool(store.full_index)
         self.blocks: OrderedDict[bytes, CachedBlock] = OrderedDict()  # least recently used first
-        self.snapshots = SnapshotStore(store.device, budget_bytes, host_budget_bytes)
+        # Every snapshot move is in the store's op log too, when it keeps one (a sharded model's mirrors).
+        self.snapshots = SnapshotStore(store.device, budget_bytes, host_budget_bytes, log=store.log_op)
         self.pending: dict[bytes, int] = {}  # snapshot key -> id of the request that is computing it
         self.num_queries = self.num_hits = self.num_hit_tokens = self.num_evicted_blocks = 0
 
@@ -137,7 +143,7 @@ class PrefixCache:
             return NO_HIT
         self._touch(keys[:best])
         kv = [self.blocks[k].kv_block for k in keys[:best]] if self.has_kv else []
-        return PrefixHit(best * bs, kv, self.snapshots.get(keys[best - 1]))
+        return PrefixHit(best * bs, kv, self.snapshots.get(keys[best - 1]), keys[best - 1])
 
     def count(self, hit: PrefixHit) -> None:
         """Records one admitted request's lookup in the statistics."""
@@ -196,8 +202,12 @@ class PrefixCache:
                     self.store.keep_block(kv)
                 self.blocks[keys[i]] = CachedBlock(keys[i - 1] if i else None, tuple(tokens[i * bs:(i + 1) * bs]), kv)
         self._touch(keys[:n])
-        self.snapshots.put(keys[n - 1], self.store.lightning[:, slot])
-        self.pending.pop(keys[n - 1], None)
+        key = keys[n - 1]
+        if key in self.snapshots:
+            self.snapshots.get(key)  # the same prefix, the same numbers: marked as just used
+        elif self.snapshots.put(key, self.store.lightning[:, slot]):
+            self.store.log_op("snapshot", slot, key)  # after put's own moves, which made room for it
+        self.pending.pop(key, None)
 
     # ------------------------------------------------------------------ memory
     def evict(self, num_blocks: int) -> int:

@@ -198,7 +198,7 @@ class Scheduler:
         own_next = self.blocks_for(hit.length + n + 1) - self.blocks_for(hit.length + n)
         slot = self.store.allocate()
         if hit.length:  # first, so that the shared blocks are held by the request and cannot be evicted below
-            self.store.attach_prefix(slot, hit.length, hit.kv_blocks, hit.state)
+            self.store.attach_prefix(slot, hit.length, hit.kv_blocks, hit.state, hit.key)
         if self._short(need + ahead + own_next, reserved):
             self.store.free(slot)
             return None

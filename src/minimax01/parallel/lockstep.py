@@ -2,11 +2,13 @@
 loop) and every other rank mirrors its model calls.
 
 Rank 0 calls the model through `LockstepModel`. Before each step it sends one message on the step channel
-(parallel/step_channel.py: shared memory on one host, gloo across hosts): the StateStore's allocate() / free()
-calls since the previous step (`StateStore.op_log`), the step's tokens and its BatchInfo lists. Then it runs its
-shard. The other ranks run `follow(model, channel)`: they replay the calls on their own store (slot and KV-block
-allocation is deterministic, so the ids agree) and run the same step, so the collectives inside the sharded
-model pair up with rank 0's. After the last all-reduce the hidden states are replicated and lm_head is not
+(parallel/step_channel.py: shared memory on one host, gloo across hosts): the store and prefix-cache operations
+since the previous step (`StateStore.op_log`: slots, KV-block holders, snapshots), the step's tokens and its
+BatchInfo lists. Then it runs its shard. The other ranks run `follow(model, channel)`: they replay the
+operations on their own store and snapshots (parallel/mirror.py: allocation is deterministic, so the ids agree;
+each rank snapshots and restores its own lightning heads) and run the same step, so the collectives inside the
+sharded model pair up with rank 0's. `LockstepModel.check_mirror` makes every follower compare its bookkeeping
+with rank 0's. After the last all-reduce the hidden states are replicated and lm_head is not
 sharded (shard.py), so rank 0 has the full logits: sampling happens there only.
 
 The StepModel under the wrapper is the same kind on every rank (engine/protocol.py): on GPUs a
@@ -23,11 +25,12 @@ import threading
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from minimax01.cache import BatchInfo, StateLayout, StateStore
 from minimax01.config import MiniMaxConfig
 from minimax01.engine.protocol import StepModel
+from minimax01.engine.snapshots import SnapshotStore
+from minimax01.parallel.mirror import OutOfLockstep, StoreMirror, digest, this_rank
 from minimax01.parallel.step_channel import Channel
 
 log = logging.getLogger("minimax01.parallel")
@@ -42,14 +45,21 @@ class NewStore:
 
 @dataclass
 class Step:
-    ops: list[tuple[str, int]]  # StateStore.op_log since the previous step
+    ops: list[tuple]  # StateStore.op_log since the previous step
     tokens: list[int]  # [T]
     slots: list[int]
     start_pos: list[int]
     num_new: list[int]
+    free: tuple[int, int]  # rank 0's free slots and KV blocks after `ops`: a cheap check that the stores agree
 
 
-Message = NewStore | Step | None  # None: shut down
+@dataclass
+class Check:
+    ops: list[tuple]  # StateStore.op_log since the previous message
+    digest: bytes  # mirror.digest of rank 0's store and snapshots after `ops`
+
+
+Message = NewStore | Step | Check | None  # None: shut down
 
 
 class LockstepModel(StepModel):
@@ -101,7 +111,7 @@ class LockstepModel(StepModel):
                                  "of that one only")
             ops, store.op_log = store.op_log, []
             self.channel.send(Step(ops, tokens.tolist(), list(batch.slots), list(batch.start_pos),
-                                   list(batch.num_new)))
+                                   list(batch.num_new), (store.num_free_slots, store.num_free_blocks)))
             try:
                 return self.inner.step(tokens, batch, store, logits_index)
             except BaseException as e:
@@ -109,6 +119,18 @@ class LockstepModel(StepModel):
                 # later step could pair collectives wrongly, so none is run.
                 self._failed = f"{type(e).__name__}: {e}"
                 raise
+
+    def check_mirror(self, snapshots: SnapshotStore | None) -> None:
+        """Makes every follower replay the operations so far and compare its slots, KV-block holders and snapshot
+        keys with rank 0's (`snapshots`: the prefix cache's, None without one); one that differs stops with an
+        error (the ranks are out of step). Cheap (a hash); for tests and diagnosis."""
+        with self._lock:
+            self._check_open()
+            store = self._store
+            if store is None:
+                raise RuntimeError("no store to check: new_store() first")
+            ops, store.op_log = store.op_log, []
+            self.channel.send(Check(ops, digest(store, snapshots)))
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Sends the shutdown message (once), after the step in flight. Gives up when that step has not finished
@@ -134,32 +156,46 @@ class LockstepModel(StepModel):
             raise RuntimeError(f"a model step failed ({self._failed}); the ranks are out of step: restart")
 
 
-def _replay(store: StateStore, ops: list[tuple[str, int]]) -> None:
-    for op, slot in ops:
-        if op == "free":
-            store.free(slot)
-        elif (got := store.allocate()) != slot:
-            raise RuntimeError(f"rank {dist.get_rank()} is out of lockstep: its store allocated slot {got}, "
-                               f"rank 0's slot {slot}")
+class Follower:
+    """A follower rank's side of the step channel: its store mirror and the steps it runs on `model` (a StepModel
+    of the same kind as rank 0's inner one, over this rank's shard)."""
+
+    def __init__(self, model: StepModel) -> None:
+        self.model = model
+        self.mirror: StoreMirror | None = None
+        self.steps = 0
+        self._no_logits = torch.zeros(0, dtype=torch.long, device=model.device)  # rank 0 alone samples
+
+    def handle(self, message: NewStore | Step | Check) -> None:
+        """Acts on one message of rank 0. An error propagates and should end this process: carrying on after
+        a step that stopped part-way would pair this rank's next collectives with the wrong ones of rank 0. Rank
+        0 then stops (world.py's watcher, torchrun, or its own collectives failing)."""
+        if isinstance(message, NewStore):
+            self.mirror = StoreMirror(self.model.new_store(message.max_seqs, message.num_kv_blocks,
+                                                           message.kv_block_size))
+            return
+        mirror = self.mirror
+        assert mirror is not None, "rank 0 sends a store before anything else"
+        mirror.replay(message.ops)
+        if isinstance(message, Check):
+            if mirror.digest() != message.digest:
+                raise OutOfLockstep(f"{this_rank()}: the store's slots, KV blocks or snapshots differ from "
+                                    f"rank 0's")
+            return
+        store = mirror.store
+        if (store.num_free_slots, store.num_free_blocks) != message.free:
+            raise OutOfLockstep(f"free slots and KV blocks: {(store.num_free_slots, store.num_free_blocks)} on "
+                                f"{this_rank()}, {message.free} on rank 0")
+        batch = BatchInfo(message.slots, message.start_pos, message.num_new, device=self.model.device)
+        tokens = torch.tensor(message.tokens, dtype=torch.long, device=self.model.device)
+        self.model.step(tokens, batch, store, logits_index=self._no_logits)
+        self.steps += 1
 
 
 def follow(model: StepModel, channel: Channel) -> int:
-    """A follower's loop: mirrors rank 0's stores and steps on `model` (a StepModel of the same kind as rank 0's
-    inner one, over this rank's shard) until the shutdown message. Returns the number of steps run."""
-    store: StateStore | None = None
-    no_logits = torch.zeros(0, dtype=torch.long, device=model.device)  # rank 0 alone samples
-    steps = 0
+    """A follower's loop: mirrors rank 0's stores and steps on `model` until the shutdown message. Returns the
+    number of steps run."""
+    follower = Follower(model)
     while (message := channel.recv()) is not None:
-        if isinstance(message, NewStore):
-            store = model.new_store(message.max_seqs, message.num_kv_blocks, message.kv_block_size)
-            continue
-        assert store is not None, "rank 0 sends a store before its first step"
-        _replay(store, message.ops)
-        batch = BatchInfo(message.slots, message.start_pos, message.num_new, device=model.device)
-        tokens = torch.tensor(message.tokens, dtype=torch.long, device=model.device)
-        # An error propagates and ends this process: carrying on after a step that stopped part-way would pair
-        # this rank's next collectives with the wrong ones of rank 0. Rank 0 then stops (world.py's watcher,
-        # torchrun, or its own collectives failing).
-        model.step(tokens, batch, store, logits_index=no_logits)
-        steps += 1
-    return steps
+        follower.handle(message)
+    return follower.steps

@@ -111,7 +111,7 @@ def serve(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 
     (benchmarks). `chat_template` (a file) replaces the checkpoint's template; `tool_call_parser` /
     `reasoning_parser` replace the detected family's parsers (chat.tool_parsers). `check_weights=False` skips
     the NaN / inf check of every weight while loading. `limits`: read / keep-alive / shutdown timeouts and the
-    connection cap (http_server.HttpLimits). `prefix_caching` (on by default; off when sharded),
+    connection cap (http_server.HttpLimits). `prefix_caching` (on by default, sharded too),
     `prefix_snapshot_interval`, `prefix_cache_memory`, `prefix_cache_host_memory`: prefix caching
     (docs/prefix_caching.md).
     """
