@@ -116,7 +116,8 @@ def test_config_options_match_reference(config: prefill.PrefillConfig, block_siz
     if CUDA and config.warp_specialize:
         pytest.skip("compiled warp specialization: the bench sweep times it and checks it (or records its error)")
     lens, chunks = ([300, 140, 9], [40, 3, 9]) if not CUDA else ([9000, 3000], [700, 1])
-    check(lens, chunks, block_size, torch.float32, config)
+    if not CUDA:  # compiled, these 16-bit tile sides hold twice the bytes in fp32: 256-448 KiB of shared memory
+        check(lens, chunks, block_size, torch.float32, config)  # on an H200 (232 KiB): fp32 has its own CONFIGS
     check(lens, chunks, block_size, torch.bfloat16, config)
 
 

@@ -43,8 +43,8 @@ class PrefillConfig:
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
-    # Full K/V tiles through TMA descriptors where BN divides the block size (CUDA only). Off by default until
-    # bench/attention_prefill.py has measured it against the pointer loads on an H200.
+    # Full K/V tiles through TMA descriptors where BN divides the block size (CUDA only; measured: no gain over
+    # block_ahead, see CONFIGS).
     tma: bool = False
     # The full-tile key loop as a warp-specialized loop (producer warps load K/V, consumer warps run the dots and
     # the softmax: Triton's Hopper/Blackwell pipelining). Needs a Triton whose tl.range takes the keyword.
@@ -62,11 +62,15 @@ class PrefillConfig:
     block_ahead: bool = False
 
 
-# Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape (Hopper: 128 × 64 tiles, 8 warps, 3 stages
-# fit Q + 3 stages of K and V in shared memory: 32 + 96 KiB). fp32 tiles hold twice the bytes: halved.
+# Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape. Measured on an H200 (bench/attention_prefill.py
+# --sweep, bench/results/attention-prefill-sweep-2026-11-30): 256-row tiles (32 query tokens x 8 heads, 16 warps)
+# with the block lookup a tile ahead reach 481 TFLOP/s at a 128 K context and 475 at 1 M (0.70 / 0.69 of the
+# measured bf16 matmul peak) against 350 / 347 for the previous 128 x 64, 8-warp tiles; TMA loads (at best
+# 464), warp specialization (the same binary with this Triton), the early V load and exp_fma did not beat it.
+# fp32 tiles hold twice the bytes: halved.
 CONFIGS: dict[tuple[int, torch.dtype], PrefillConfig] = {
-    (128, torch.bfloat16): PrefillConfig(128, 64, 8, 3),
-    (128, torch.float16): PrefillConfig(128, 64, 8, 3),
+    (128, torch.bfloat16): PrefillConfig(256, 64, 16, 3, block_ahead=True),
+    (128, torch.float16): PrefillConfig(256, 64, 16, 3, block_ahead=True),
     (128, torch.float32): PrefillConfig(64, 32, 4, 2),
 }
 DEFAULT_CONFIG = PrefillConfig(64, 32, 4, 2)  # other head dims (tests): small tiles

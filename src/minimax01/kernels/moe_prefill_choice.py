@@ -26,6 +26,8 @@ IMPLEMENTATIONS = ("grouped", "grouped_mm")
 GROUPED_MM_MIN_ROWS_PER_EXPERT = 64
 
 MEASURED: dict[tuple[str, int, int, int, int], str] = {
+    # bench/results/prefill-kernels-2026-11-30: summed over 512..16 384-token chunks, CUTLASS beat Triton.
+    ("NVIDIA H200", 32, 6144, 9216, 2): "grouped_mm",
 }
 
 
