@@ -5,9 +5,10 @@
 #   2. greedy CLI generation with and without CUDA graphs (must print the same text),
 #   3. with 2 or more GPUs: the NCCL tests (tests/test_parallel_gpu.py: TP / EP logits and tokens against one
 #      GPU, graph decode under TP), and `generate --tp 2` against one GPU,
-#   4. the benchmarks ("bench" as $1): 1 vs N GPUs decode step / prefill, the long-prefill kernels, serving, the
-#      step channel.
-# Packages missing from the GPU machine's Python (the server stack, openai) can be put as wheels in .whl2/.
+#   4. the benchmarks ("bench" as $1): 1 vs N GPUs decode step / prefill, the long-prefill kernels and the 8-layer
+#      long prefill, the prefill GEMMs, prefix caching, serving, the step channel (more than one 10-minute run).
+# Packages missing from the GPU machine's Python (the server stack, openai, llguidance, prometheus_client) can be
+# put as wheels in .whl2/.
 # NVLink multicast stays off in every process (NCCL, torch symmetric memory, NVSHMEM).
 set -u
 if ls .whl2/*.whl >/dev/null 2>&1; then
@@ -25,7 +26,7 @@ if [ "${1:-}" != bench ]; then
     tests/test_paged_attention.py tests/test_moe_decode.py tests/test_fused_ops.py tests/test_quant_kernels.py \
     tests/test_quant.py tests/test_engine.py tests/test_generation.py tests/test_cli.py tests/test_longctx.py \
     tests/test_attention_prefill.py tests/test_lightning_segmented.py tests/test_moe_prefill_choice.py \
-    tests/test_prefix_cache.py 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
+    tests/test_prefix_cache.py tests/test_linear_triton.py 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
   for g in 1 0; do
     MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \
       --temperature 0 > /tmp/gen$g.txt
@@ -45,6 +46,9 @@ else
   python3 bench/decode_step.py --tp $TP 2>&1 | tee "$OUTDIR/decode-step.log" | grep -vE "^\s*$" | tail -12
   python3 bench/decode_profile.py --tp $TP 2>&1 | tail -3
   python3 bench/attention_prefill.py 2>&1 | tail -12
+  python3 bench/attention_prefill.py --sweep 2>&1 | tail -3  # prints the CONFIGS line of the fastest tiles
+  python3 bench/linear.py 2>&1 | tail -2
+  python3 bench/long_prefill.py 2>&1 | tail -4
   python3 bench/prefill_kernels.py 2>&1 | tail -20  # prints the MoE table row and the lightning switch to set
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7
   python3 bench/prefix_cache.py --device cuda --dims real --layers 8 2>&1 | tail -20

@@ -111,7 +111,7 @@ def test_quantize_model_structure_memory_and_idempotence(tiny: MiniMaxForCausalL
     after = model_bytes(model)
     for name, m in model.named_modules():
         if name.endswith(("lm_head", "embed_tokens", "block_sparse_moe.gate")):
-            assert type(m) in (nn.Linear, nn.Embedding) and m.weight.dtype == torch.bfloat16, name
+            assert isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.dtype == torch.bfloat16, name
         elif name.endswith(("qkv_proj", "output_gate", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj")):
             assert isinstance(m, Int8Linear) and m.weight.dtype == torch.int8, name
         elif name.endswith(".experts"):

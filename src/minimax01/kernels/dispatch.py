@@ -31,8 +31,9 @@ HALF_DTYPES = (torch.bfloat16, torch.float16)
 # Token counts up to which the per-token expert GEMVs (moe_decode.py) beat the sorted grouped kernels.
 GEMV_MAX_TOKENS = 2
 # Longest sequence (tokens) from which the segmented lightning prefill (lightning_segmented.py) runs instead of
-# the single walk per (sequence, head); None: never. Off until bench/prefill_kernels.py has timed both on a GPU
-# machine (docs/kernels.md): set it to the shortest length from which the segmented rows win.
+# the single walk per (sequence, head); None: never. Off: on an H200 (bench/results/prefill-kernels-2026-11-30) the
+# segmented rows lost to the walk at every length from 4 K to 512 K tokens (they read Q, K and V twice); set it
+# to the shortest length from which they win on a GPU where bench/prefill_kernels.py says they do.
 LIGHTNING_SEGMENTED_MIN_LEN: int | None = None
 # Largest number of rows the w8a16 Triton GEMM takes. Above it the torch path wins: its cast costs 3 bytes per
 # weight (≈ 50 µs for 6144 x 8192 on an H100) on top of a cuBLAS GEMM that stays at the bf16 weight-read time
