@@ -96,11 +96,6 @@ def cfg() -> MiniMaxConfig:
     return MiniMaxConfig.preset("tiny")
 
 
-@pytest.fixture(scope="module")
-def model(cfg: MiniMaxConfig) -> torch.nn.Module:
-    return make_model(cfg, dtype=torch.float32)
-
-
 # ---------------------------------------------------------------------- keys
 def test_block_keys_name_the_whole_prefix(model: torch.nn.Module, cfg: MiniMaxConfig) -> None:
     store = model.new_store(1, num_kv_blocks=8, kv_block_size=PAGE)

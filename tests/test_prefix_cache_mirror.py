@@ -112,13 +112,6 @@ def cfg() -> MiniMaxConfig:
     return MiniMaxConfig.preset("tiny")
 
 
-@pytest.fixture(scope="module")
-def model(cfg: MiniMaxConfig) -> torch.nn.Module:
-    from conftest import make_model
-
-    return make_model(cfg, dtype=torch.float32)
-
-
 # ---------------------------------------------------------------------------------------------- one process
 def test_follower_replays_snapshots_restores_and_spills(model: torch.nn.Module) -> None:
     follower = Follower(model)
