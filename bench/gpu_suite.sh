@@ -48,6 +48,7 @@ else
   python3 bench/attention_prefill.py 2>&1 | tail -12
   python3 bench/attention_prefill.py --sweep 2>&1 | tail -3  # prints the CONFIGS line of the fastest tiles
   python3 bench/linear.py 2>&1 | tail -2
+  python3 bench/linear.py --sweep 2>&1 | tail -2  # tile configs of the row-invariant GEMM
   python3 bench/long_prefill.py 2>&1 | tail -4
   python3 bench/prefill_kernels.py 2>&1 | tail -20  # prints the MoE table row and the lightning switch to set
   python3 bench/step_channel.py --world $TP --name step-channel-cuda-host 2>&1 | tail -7

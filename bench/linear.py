@@ -2,7 +2,9 @@
 dense projection shapes (whole and one rank's shard at TP = 2 / 8), prefill chunk sizes: what exactness under
 prefix caching costs. Also reports, per shape, whether cuBLAS itself summed rows the same way at other row counts.
 
-    PYTHONPATH=src python bench/linear.py     # GPU machine: bench/results/linear-<date>.{json,md}
+    PYTHONPATH=src python bench/linear.py          # GPU machine: bench/results/linear-<date>.{json,md}
+    PYTHONPATH=src python bench/linear.py --sweep  # tile configs of the Triton GEMM (linear-sweep-<date>): which
+                                                   # to put in linear_triton.config_for
 """
 
 from __future__ import annotations
@@ -30,9 +32,43 @@ def cublas_row_invariant(x: torch.Tensor, w: torch.Tensor) -> bool:
     return all(torch.equal(x[:m] @ w.t(), full[:m]) for m in (1, 3, 200, 1000))
 
 
+# Tile configurations tried by --sweep (BK stays linear_triton.BK in all: a row's sums do not change with them).
+SWEEP = [dict(BM=bm, BN=bn, GROUP_M=8, num_warps=w, num_stages=st)
+         for bm, bn, w, st in [(64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 4, 4), (128, 128, 8, 3),
+                               (128, 128, 8, 4), (128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3),
+                               (64, 256, 8, 4), (128, 64, 8, 5)]]
+
+
+def sweep() -> list[dict]:
+    """Every SWEEP config at every shape, 8192 rows: time, and bitwise equality with the default config's output
+    (a config that changed a row's sums would break prefix caching's exactness: it cannot be adopted)."""
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for name, n, k in SHAPES:
+        w = torch.randn(n, k, device="cuda", generator=g, dtype=torch.bfloat16) * k**-0.5
+        x = torch.randn(8192, k, device="cuda", generator=g, dtype=torch.bfloat16)
+        ref = linear_triton.linear(x, w)
+        cublas = bench(lambda: x @ w.t())
+        for cfg in SWEEP:
+            row = dict(shape=name, out=n, config=str(cfg), cublas_ms=cublas)
+            try:
+                row["same_bits"] = torch.equal(linear_triton.linear(x, w, dict(cfg)), ref)
+                row["ms"] = bench(lambda: linear_triton.linear(x, w, dict(cfg)))
+                row["over_cublas"] = row["ms"] / cublas
+            except Exception as exc:  # out of shared memory on this GPU: recorded, the sweep goes on
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     t0 = time.time()
     roof = roofline()
+    if "--sweep" in sys.argv:
+        meta = {**environment(), **roof, "wall_s": round(time.time() - t0, 1)}
+        write_results("linear-sweep", {"row-invariant GEMM tile configs, 8192 rows": sweep()}, meta)
+        return
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
     for name, n, k in SHAPES:
