@@ -42,6 +42,8 @@ from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.engine import LLMEngine  # noqa: E402
 from minimax01.sampling_params import SamplingParams  # noqa: E402
 
+T = TypeVar("T")
+
 
 class StepSpan:
     """Wraps the StepModel an engine runs and records, per call of `step`, the GPU time between the call's start
@@ -154,16 +156,19 @@ def run_mode(tp: int, graphs: bool, config_dir: Path, args: argparse.Namespace) 
     return with_layout(tp, config_dir, lambda model: measure(model, args, graphs))
 
 
-def with_layout(tp: int, config_dir: Path, leader: Callable[[Any], T]) -> T:
-    """`leader(model)` over random bf16 weights of `config_dir` on `tp` GPUs: the model itself on one GPU; for
-    tp > 1, rank 0's lock-step wrapper while this process leads tp processes (parallel.world.run_sharded)."""
-    if tp == 1:
+def with_layout(tp: int, config_dir: Path, leader: Callable[[Any], T], ep: int = 1, device: str = "cuda",
+                dtype: torch.dtype = torch.bfloat16) -> T | None:
+    """`leader(model)` over random weights of `config_dir` (`dtype`) in the layout (tp, ep): the model itself in
+    this process when both are 1; otherwise rank 0's lock-step wrapper while this process leads lcm(tp, ep)
+    processes (parallel.world.run_sharded: one per GPU with NCCL for device "cuda", gloo processes for "cpu").
+    None on the other ranks of a world started by torchrun, which follow instead of leading."""
+    if tp == ep == 1:
         from minimax01.weights import load_pretrained
 
-        return leader(load_pretrained(config_dir, torch.bfloat16, "cuda", progress=False, load_format="dummy"))
+        return leader(load_pretrained(config_dir, dtype, device, progress=False, load_format="dummy"))
     from minimax01.parallel.world import WorldSpec, run_sharded
 
-    spec = WorldSpec(str(config_dir), tp=tp, dtype=torch.bfloat16, device="cuda", load_format="dummy")
+    spec = WorldSpec(str(config_dir), tp=tp, ep=ep, dtype=dtype, device=device, load_format="dummy")
     return run_sharded(spec, leader)
 
 

@@ -1,6 +1,6 @@
 """Prefix-caching benchmark: time to first token and throughput of the engine with prefix caching on vs off.
 
-Two workloads, both run on one engine with caching on and then on one with caching off (same model, same
+Three workloads, all run on one engine with caching on and then on one with caching off (same model, same
 inputs), in this process (no HTTP: TTFT is measured from `add_request` to the step that returns the first token):
 - multi-turn: a shared system prompt (+ tools) of `--system-tokens`, `--conversations` chats of `--turns` turns;
   each turn appends the previous reply and a new message of ~`--turn-tokens` tokens and is sent when the previous
@@ -13,8 +13,16 @@ Replies are greedy with `ignore_eos` (exactly `--max-tokens` tokens). Reported p
 p50/p90 (turn 1 and turns >= 2 apart for the chats), mean TTFT of turns >= 2, throughput, the cache's hit rate
 (prompt tokens served from it / prompt tokens) and memory, and whether every reply is identical on vs off.
 
+`--tp N` / `--ep N` run the same workloads on a sharded model (decode_step.with_layout: parallel.world.run_sharded
+starts lcm(tp, ep) processes, NCCL on GPUs, gloo on the CPU). This process is rank 0: its engine decides every
+cache operation and the other ranks mirror them (docs/prefix_caching.md, "Tensor and expert parallelism"), so
+the numbers include the step messages and all-reduces. Each rank draws its own random weights (dummy load), so a
+sharded run's replies are not comparable with a single-process run's, only caching on vs off within the run.
+
     python bench/prefix_cache.py --smoke                                  # tiny model on CPU, a few seconds
+    python bench/prefix_cache.py --smoke --tp 2                           # the same on 2 CPU processes (gloo)
     python bench/prefix_cache.py --device cuda --dims real --layers 8     # Text-01 dims, 8 layers, random bf16
+    python bench/prefix_cache.py --device cuda --dims real --layers 8 --tp 2 --ep 2   # 2 GPUs
 Results: bench/results/<name>-<date>.json and .md (`--out DIR` for another folder).
 """
 
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import random
 import statistics
 import sys
@@ -34,21 +43,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, percentile, write_results  # noqa: E402
+from decode_step import with_layout  # noqa: E402
 
 from minimax01.causal_lm import MiniMaxForCausalLM  # noqa: E402
 from minimax01.cli.args import parse_bytes  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
 from minimax01.engine import LLMEngine  # noqa: E402
+from minimax01.engine.protocol import StepModel  # noqa: E402
 from minimax01.sampling import SamplingParams  # noqa: E402
 
 
+def save_config(args: argparse.Namespace, directory: str) -> None:
+    """config.json of the real dims or the tiny preset's, `--layers` layers: all a dummy load reads."""
+    MiniMaxConfig.preset_slice("text-01" if args.dims == "real" else "tiny", args.layers).save_pretrained(directory)
+
+
+def torch_dtype(args: argparse.Namespace) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+
+
 def build_model(args: argparse.Namespace) -> MiniMaxForCausalLM:
-    """Random weights (`load_format="dummy"`) with the real dims or the tiny preset's, `--layers` layers."""
-    config = MiniMaxConfig.preset_slice("text-01" if args.dims == "real" else "tiny", args.layers)
+    """Random weights (`load_format="dummy"`) in this process."""
     with tempfile.TemporaryDirectory() as d:
-        config.save_pretrained(d)
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-        return MiniMaxForCausalLM.from_pretrained(d, dtype=dtype, device=args.device, load_format="dummy")
+        save_config(args, d)
+        return MiniMaxForCausalLM.from_pretrained(d, dtype=torch_dtype(args), device=args.device,
+                                                  load_format="dummy")
 
 
 class Workload:
@@ -170,7 +189,7 @@ def summary(timer: Timer, wall: float, eng: LLMEngine, later: list[Any], first: 
     return row
 
 
-def run_mode(model: MiniMaxForCausalLM, w: Workload, args: argparse.Namespace, caching: bool
+def run_mode(model: StepModel, w: Workload, args: argparse.Namespace, caching: bool
              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[Any, list[int]]]]:
     """Both workloads on a fresh engine (a warm-up request first: kernel compiles are not timed)."""
     max_len = args.system_tokens + args.turns * (args.turn_tokens * 11 // 10 + args.max_tokens) + 64
@@ -206,6 +225,42 @@ def run_mode(model: MiniMaxForCausalLM, w: Workload, args: argparse.Namespace, c
     return rows, replies
 
 
+Modes = dict[bool, tuple[dict[str, dict[str, Any]], dict[str, dict[Any, list[int]]]]]  # caching -> run_mode(...)
+
+
+def both_modes(model: StepModel, args: argparse.Namespace) -> Modes:
+    """Caching on, then off, over the same model and inputs (a sharded model's world starts once for both)."""
+    w = Workload(args, model.config.vocab_size)
+    return {caching: run_mode(model, w, args, caching) for caching in (True, False)}
+
+
+def layout_modes(args: argparse.Namespace) -> Modes | None:
+    """both_modes(...) in this process, or for --tp / --ep > 1 with this process as rank 0 of a sharded world;
+    None on a follower rank (a world started by torchrun)."""
+    if args.tp == args.ep == 1:
+        return both_modes(build_model(args), args)
+    with tempfile.TemporaryDirectory() as d:  # every rank reads the config from here
+        save_config(args, d)
+        return with_layout(args.tp, Path(d), lambda model: both_modes(model, args), ep=args.ep,
+                           device=args.device, dtype=torch_dtype(args))
+
+
+def layout_name(args: argparse.Namespace) -> str:
+    """"-tp2", "-ep2", "-tp2-ep2"; "" on one process."""
+    return "".join(f"-{k}{n}" for k, n in (("tp", args.tp), ("ep", args.ep)) if n > 1)
+
+
+def layout_meta(args: argparse.Namespace) -> str:
+    if max(args.tp, args.ep) == 1:
+        return "one process"
+    text = (f"tp {args.tp}, ep {args.ep}: {math.lcm(args.tp, args.ep)} processes "
+            f"({'NCCL' if args.device == 'cuda' else 'gloo'}); rank 0 runs the engine, the others mirror its steps "
+            f"and cache operations")
+    # The lock-step wrapper holds the last store until the next engine's replaces it.
+    return text + ("; peak_gpu_gib: rank 0's, caching off's includes caching on's KV pool"
+                   if args.device == "cuda" else "")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -225,9 +280,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--interval", type=int, default=1024, help="--prefix-snapshot-interval")
     ap.add_argument("--prefix-cache-memory", type=parse_bytes, default=parse_bytes("8G"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tp", type=int, default=1, help="attention tensor-parallel degree (processes: lcm(tp, ep))")
+    ap.add_argument("--ep", type=int, default=1, help="expert groups")
     ap.add_argument("--smoke", action="store_true",
                     help="a small CPU run (tiny dims, 2 chats x 3 turns, 3 users): checks the script, not speed")
-    ap.add_argument("--name", help="results name (default: prefix-cache-<device>[-<layers>layers])")
+    ap.add_argument("--name", help="results name (default: prefix-cache-<device>[-<layers>layers][-tp<N>][-ep<N>])")
     ap.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -237,16 +294,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.exact_chats = 1
         args.kv_block_size, args.interval = 16, 256
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if max(args.tp, args.ep) > 1 and args.device not in ("cpu", "cuda"):
+        ap.error("--tp / --ep run rank r on cuda:r (--device cuda) or on the CPU, not on one given device")
     return args
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    model = build_model(args)
-    w = Workload(args, model.config.vocab_size)
-    on_rows, on_replies = run_mode(model, w, args, caching=True)
-    off_rows, off_replies = run_mode(model, w, args, caching=False)
+    modes = layout_modes(args)
+    if modes is None:  # a follower rank: rank 0 writes the results
+        return []
+    (on_rows, on_replies), (off_rows, off_replies) = modes[True], modes[False]
     sections: dict[str, list[dict[str, Any]]] = {}
     for name in on_rows:
         same = sum(on_replies[name][t] == off_replies[name][t] for t in off_replies[name])
@@ -256,8 +315,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                            "ttft_p50_ms": off["ttft_p50_ms"] / on["ttft_p50_ms"],
                            "wall_s": off["wall_s"] / on["wall_s"],
                            "identical_replies": f"{same}/{len(off_replies[name])}"}]
+    sharded = max(args.tp, args.ep) > 1
     meta = {
-        "model": f"random {args.dims} dims, {args.layers} layers, {args.dtype}", "device": args.device,
+        "model": f"random {args.dims} dims, {args.layers} layers, {args.dtype}"
+                 + (" (each rank draws its shard's weights)" if sharded else ""), "device": args.device,
+        "layout": layout_meta(args),
         "workload": f"system {args.system_tokens} tokens; {args.conversations} chats x {args.turns} turns of "
                     f"~{args.turn_tokens} tokens; {args.users} users; replies of {args.max_tokens} tokens (greedy)",
         "engine": f"max_num_seqs {args.max_num_seqs}, max_num_batched_tokens {args.max_num_batched_tokens}, "
@@ -269,8 +331,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                              "a time does not: there only the restored prefix differs",
         **environment(),
     }
-    name = args.name or f"prefix-cache-{args.device.split(':')[0]}" + (f"-{args.layers}layers" if args.dims == "real"
-                                                                       else "")
+    name = args.name or (f"prefix-cache-{args.device.split(':')[0]}"
+                         + (f"-{args.layers}layers" if args.dims == "real" else "") + layout_name(args))
     paths = write_results(name, sections, meta, results_dir=args.out)
     for path in paths:
         print(path)
