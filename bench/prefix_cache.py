@@ -48,6 +48,7 @@ from decode_step import with_layout  # noqa: E402
 from minimax01.causal_lm import MiniMaxForCausalLM  # noqa: E402
 from minimax01.cli.args import parse_bytes  # noqa: E402
 from minimax01.config import MiniMaxConfig  # noqa: E402
+from minimax01.dtypes import DTYPES  # noqa: E402
 from minimax01.engine import LLMEngine  # noqa: E402
 from minimax01.engine.protocol import StepModel  # noqa: E402
 from minimax01.sampling import SamplingParams  # noqa: E402
@@ -59,7 +60,7 @@ def save_config(args: argparse.Namespace, directory: str) -> None:
 
 
 def torch_dtype(args: argparse.Namespace) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    return DTYPES[args.dtype]
 
 
 def build_model(args: argparse.Namespace) -> MiniMaxForCausalLM:

@@ -167,12 +167,12 @@ def _moe_experts(triton: bool, x: torch.Tensor, ids: torch.Tensor, w13: torch.Te
         import minimax01.kernels.moe_triton as moe_triton
 
         if moe_triton.supported(x.shape[1], w2.shape[2]):
-            grouped_mm = grouped_mm_available(x.device)
             if _prefill_step.get():  # one implementation for chunks of every length
-                return prefill_choice(x.device, w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1], grouped_mm)
+                return prefill_choice(x.device, w13.shape[0], x.shape[1], w2.shape[2], ids.shape[1],
+                                      grouped_mm_available(x.device))
             if x.shape[0] <= GEMV_MAX_TOKENS:  # weight streaming without the sort (decode, small batch)
                 return "gemv"
-            return decode_choice(x.shape[0], w13.shape[0], ids.shape[1], grouped_mm)
+            return decode_choice(x.shape[0], w13.shape[0], ids.shape[1], grouped_mm_available(x.device))
     return "dense" if capturing(x.device) else "torch"  # the reference syncs (unique, nonzero)
 
 
