@@ -60,25 +60,19 @@ class PrefillConfig:
     # Full tiles: look the next tile's pool block(s) up one iteration ahead, so that the K/V loads do not wait
     # on a block-table load of their own iteration.
     block_ahead: bool = False
-    # Rescale the output accumulator only when some row's running max grew in this tile (a tile-uniform
-    # branch). Rows whose max held have alpha = 1 exactly, so skipping the multiply changes no bit; past the
-    # first few thousand keys of a long context a new max is rare, and the [BM, D] fp32 multiply with it.
-    lazy_rescale: bool = False
-    # Full tiles: issue the next tile's Q·Kᵀ before this tile's softmax and P·V, so that the tensor cores work
-    # on it while the exponentials run (the FA3 intra-warpgroup overlap, by hand). The last full iteration
-    # recomputes the last tile's scores (discarded): one extra dot per program.
-    qk_ahead: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape. Measured on an H200 (bench/attention_prefill.py
-# --sweep, bench/results/attention-prefill-sweep-2026-11-30): 256-row tiles (32 query tokens x 8 heads, 16 warps)
-# with the block lookup a tile ahead reach 481 TFLOP/s at a 128 K context and 475 at 1 M (0.70 / 0.69 of the
-# measured bf16 matmul peak) against 350 / 347 for the previous 128 x 64, 8-warp tiles; TMA loads (at best
-# 464), warp specialization (the same binary with this Triton), the early V load and exp_fma did not beat it.
+# --sweep, bench/results/attention-prefill-sweep-2026-11-30*): 256-row tiles (32 query tokens x 8 heads, 16 warps)
+# with the block lookup a tile ahead reach 487 TFLOP/s at a 128 K context against 350 for the previous 128 x 64,
+# 8-warp tiles; the scale folded into the exponent's FMA adds 1.6-2.4 % (495 / 489 / 490 TFLOP/s at 32 K / 128 K
+# / 1 M). TMA loads (at best 464), warp specialization (the same binary with this Triton), the early V load,
+# BN = 128 with these tiles (registers spill: 38 TFLOP/s), a lazy rescale of the accumulator (only when a row's
+# max grew: -8 %) and Q·Kᵀ issued a tile ahead (-25 to -60 %) did not beat it; the last two were removed.
 # fp32 tiles hold twice the bytes: halved.
 CONFIGS: dict[tuple[int, torch.dtype], PrefillConfig] = {
-    (128, torch.bfloat16): PrefillConfig(256, 64, 16, 3, block_ahead=True),
-    (128, torch.float16): PrefillConfig(256, 64, 16, 3, block_ahead=True),
+    (128, torch.bfloat16): PrefillConfig(256, 64, 16, 3, exp_fma=True, block_ahead=True),
+    (128, torch.float16): PrefillConfig(256, 64, 16, 3, exp_fma=True, block_ahead=True),
     (128, torch.float32): PrefillConfig(64, 32, 4, 2),
 }
 DEFAULT_CONFIG = PrefillConfig(64, 32, 4, 2)  # other head dims (tests): small tiles
@@ -145,25 +139,19 @@ def _load_tile(base, desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_blk, stri
 
 
 @triton.jit
-def _scores(q, k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-            MASKED: tl.constexpr, TMA: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-            BLK: tl.constexpr, INTERPRET: tl.constexpr):
-    """Raw Q·Kᵀ [BM, BN] fp32 of keys t0..t0+BN (unscaled, unmasked)."""
-    kT = _load_tile(k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-                    KEYS=True, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(q.dtype)  # [D, BN]
-    return dot(q, kT, None, INTERPRET)
-
-
-@triton.jit
-def _softmax_pv(q, s, acc, m, l, v_base, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d, scale_log2,
-                stride_vblk, stride_vtok, vt,
-                MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
-                LAZY: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr,
-                INTERPRET: tl.constexpr):
-    """The online-softmax update with raw scores s [BM, BN] of keys t0..t0+BN (rows at positions pos [BM]).
-    MASKED: the tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded).
-    V_EARLY: vt is the tile's V, loaded by the caller before Q·Kᵀ (else loaded here, after the statistics)."""
+def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d, scale_log2,
+                 stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                 MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
+                 BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
+    tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
     dt = q.dtype  # K/V are used in the query's dtype, as the torch path casts them
+    kT = _load_tile(k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
+                    KEYS=True, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [D, BN]
+    if V_EARLY:
+        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)  # [BN, D]
+    s = dot(q, kT, None, INTERPRET)  # [BM, BN] fp32
     if not EXP_FMA:
         s = s * scale_log2  # log2 units
     if MASKED:
@@ -178,13 +166,9 @@ def _softmax_pv(q, s, acc, m, l, v_base, v_desc, bt, t0, blk, kvh, pos, L, offs_
     l = l * alpha + tl.sum(p, 1)
     if not V_EARLY:
         vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok,
-                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK)
-    if LAZY:
-        if tl.min(alpha, 0) < 1.0:  # some row's max grew (alpha = 1 exactly where it held)
-            acc = acc * alpha[:, None]
-    else:
-        acc = acc * alpha[:, None]
-    return dot(cast(p, dt, INTERPRET), vt.to(dt), acc, INTERPRET), m_new, l
+                        KEYS=False, MASKED=MASKED, TMA=TMA, BS=BS, BN=BN, D=D, BLK=BLK).to(dt)
+    acc = dot(cast(p, dt, INTERPRET), vt, acc * alpha[:, None], INTERPRET)
+    return acc, m_new, l
 
 
 @triton.jit
@@ -195,7 +179,7 @@ def _prefill_kernel(
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
     WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr,
-    LAZY: tl.constexpr, QK_AHEAD: tl.constexpr, INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -230,37 +214,19 @@ def _prefill_kernel(
     # a loop-carried value and not on a load of the same iteration (a chain the pipeliner serializes). The last
     # iteration re-reads the last tile's entries: no read past the sequence's table row.
     blk_next = _tile_blocks(bt, 0, offs_n, BS, BN)
-    if QK_AHEAD:  # the first full tile's scores before the loop (none to load where no tile is full)
-        s_next = tl.zeros([BM, BN], tl.float32)
-        if full_end > 0:
-            s_next = _scores(q, k_base, k_desc, bt, 0, blk_next, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-                             MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, BLK=True, INTERPRET=INTERPRET)
     for t0 in tl.range(0, full_end, BN, warp_specialize=WS):  # WS=False: the plain software-pipelined loop
         blk = blk_next
-        if AHEAD or QK_AHEAD:
+        if AHEAD:
             blk_next = _tile_blocks(bt, tl.minimum(t0 + BN, full_end - BN), offs_n, BS, BN)
-        vt = _load_tile(v_base, v_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok, KEYS=False,
-                        MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, BLK=AHEAD or QK_AHEAD) if V_EARLY else q
-        if QK_AHEAD:
-            s = s_next
-            s_next = _scores(q, k_base, k_desc, bt, tl.minimum(t0 + BN, full_end - BN), blk_next, kvh, offs_n,
-                             offs_d, L, stride_kblk, stride_ktok, MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D,
-                             BLK=True, INTERPRET=INTERPRET)
-        else:
-            s = _scores(q, k_base, k_desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-                        MASKED=False, TMA=TMA, BS=BS, BN=BN, D=D, BLK=AHEAD, INTERPRET=INTERPRET)
-        acc, m, l = _softmax_pv(q, s, acc, m, l, v_base, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d,
-                                scale_log2, stride_vblk, stride_vtok, vt, MASKED=False, TMA=TMA, V_EARLY=V_EARLY,
-                                EXP_FMA=EXP_FMA, LAZY=LAZY, BS=BS, BN=BN, D=D, BLK=AHEAD or QK_AHEAD,
-                                INTERPRET=INTERPRET)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n,
+                                 offs_d, scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=AHEAD, INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
-        vt = _load_tile(v_base, v_desc, bt, t0, 0, kvh, offs_n, offs_d, L, stride_vblk, stride_vtok, KEYS=False,
-                        MASKED=True, TMA=False, BS=BS, BN=BN, D=D, BLK=False) if V_EARLY else q
-        s = _scores(q, k_base, k_desc, bt, t0, 0, kvh, offs_n, offs_d, L, stride_kblk, stride_ktok,
-                    MASKED=True, TMA=False, BS=BS, BN=BN, D=D, BLK=False, INTERPRET=INTERPRET)
-        acc, m, l = _softmax_pv(q, s, acc, m, l, v_base, v_desc, bt, t0, 0, kvh, pos, L, offs_n, offs_d, scale_log2,
-                                stride_vblk, stride_vtok, vt, MASKED=True, TMA=False, V_EARLY=V_EARLY,
-                                EXP_FMA=EXP_FMA, LAZY=LAZY, BS=BS, BN=BN, D=D, BLK=False, INTERPRET=INTERPRET)
+        acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, 0, kvh, pos, L, offs_n, offs_d,
+                                 scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
+                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=False, INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -352,8 +318,7 @@ def prefill(
         v_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
         G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
-        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead, LAZY=config.lazy_rescale,
-        QK_AHEAD=config.qk_ahead,
+        V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead,
         INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
