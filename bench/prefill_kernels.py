@@ -56,8 +56,8 @@ SWEEP_TOKENS = (40,) if SMOKE else (2048, 4096, 16384)
 _TMA = moe_tma_triton.config_for(HID, INTER)
 TMA_SWEEP = [_TMA] if SMOKE else [
     _TMA,
-    dict(_TMA, GROUP_M=4),
-    dict(_TMA, BN_DOWN=128, num_stages=4),
+    dict(_TMA, flatten=True),
+    dict(_TMA, num_stages=4),
     dict(_TMA, BM=64, num_warps=4, num_stages=4),
     dict(_TMA, BK=128, num_stages=2),
     dict(_TMA, tma=False),  # the same persistent kernels with pointer loads

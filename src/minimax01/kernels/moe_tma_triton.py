@@ -26,6 +26,7 @@ TMA needs a compiled kernel with descriptors (`triton.tools.tensor_descriptor.Te
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import triton
@@ -36,7 +37,9 @@ from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms, sw
 
 # The model's shape on Hopper (32 experts, 6144 -> 9216): 128-row blocks; up: 128 columns each of w1 and w3
 # (two 128 x 128 fp32 accumulators), down: 256 columns; 8 warps, 3 stages (48 KB of tiles per stage).
-DEFAULT = dict(BM=128, BN_UP=128, BN_DOWN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3, tma=True)
+# flatten: the tile loop and the K loop software-pipelined as one (tl.range(flatten=True), where this Triton has
+# it; otherwise the plain loops).
+DEFAULT = dict(BM=128, BN_UP=128, BN_DOWN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3, tma=True, flatten=False)
 
 
 def _largest_divisor(n: int, options: tuple[int, ...]) -> int:
@@ -95,42 +98,86 @@ def _tile(t, blk_ptr, num_n, E: tl.constexpr, EP: tl.constexpr, GROUP_M: tl.cons
 
 
 @triton.jit
+def _up_tile(t, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, blk_ptr, num_n, N, K, stride_xs, stride_w,
+             stride_act, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+             GROUP_M: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr):
+    # act[padded rows of block m, columns n·BN..] = silu(x·w1ᵀ) ⊙ (x·w3ᵀ), w1 = w13[e, :N], w3 = w13[e, N:].
+    # Every tile is full (N % BN == 0, K % BK == 0, blocks padded to BM rows): no masks.
+    e, m, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
+    row0 = m * BM
+    w1_row = e * 2 * N + n * BN
+    offs_m = tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, K, BK):
+        if TMA:
+            a = xs_desc.load([row0, k])
+            w1 = w_desc.load([w1_row, k])
+            w3 = w_desc.load([w1_row + N, k])
+        else:
+            a = tl.load(xs_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_xs + k + offs_k[None, :])
+            w_rows = (w1_row + offs_n).to(tl.int64)[:, None] * stride_w + k + offs_k[None, :]
+            w1 = tl.load(w_ptr + w_rows)
+            w3 = tl.load(w_ptr + w_rows + N * stride_w)
+        acc1 = dot(a, tl.trans(w1), acc1, INTERPRET)
+        acc3 = dot(a, tl.trans(w3), acc3, INTERPRET)
+    act = cast(acc1 / (1.0 + tl.exp(-acc1)) * acc3, act_ptr.dtype.element_ty, INTERPRET)
+    if TMA:
+        act_desc.store([row0, n * BN], act)
+    else:
+        tl.store(act_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_act + n * BN + offs_n[None, :], act)
+
+
+@triton.jit
 def _up_kernel(
     xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, blk_ptr,
     N, K, stride_xs, stride_w, stride_act,
     E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, FLATTEN: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    # act[padded rows of block m, columns n·BN..] = silu(x·w1ᵀ) ⊙ (x·w3ᵀ), w1 = w13[e, :N], w3 = w13[e, N:].
-    # Every tile is full (N % BN == 0, K % BK == 0, blocks padded to BM rows): no masks.
     num_n = N // BN
     num_tiles = tl.load(blk_ptr + E) * num_n
+    if FLATTEN:  # tile loop and K loop pipelined as one (the next tile's loads overlap this one's epilogue)
+        for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=True):
+            _up_tile(t, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, blk_ptr, num_n, N, K, stride_xs,
+                     stride_w, stride_act, E, EP, BM, BN, BK, GROUP_M, TMA, INTERPRET)
+    else:
+        for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
+            _up_tile(t, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, blk_ptr, num_n, N, K, stride_xs,
+                     stride_w, stride_act, E, EP, BM, BN, BK, GROUP_M, TMA, INTERPRET)
+
+
+@triton.jit
+def _down_tile(t, act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr, num_n, N, K,
+               stride_act, stride_w, stride_y, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr,
+               BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TMA: tl.constexpr,
+               INTERPRET: tl.constexpr):
+    # y[assignment] = routing weight · (act[padded row] @ w2[e]ᵀ) for the block's real rows.
+    e, m, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
+    row0 = m * BM
+    w_row = e * N + n * BN
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
-    for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
-        e, m, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
-        row0 = m * BM
-        w1_row = e * 2 * N + n * BN
-        acc1 = tl.zeros((BM, BN), dtype=tl.float32)
-        acc3 = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, K, BK):
-            if TMA:
-                a = xs_desc.load([row0, k])
-                w1 = w_desc.load([w1_row, k])
-                w3 = w_desc.load([w1_row + N, k])
-            else:
-                a = tl.load(xs_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_xs + k + offs_k[None, :])
-                w_rows = (w1_row + offs_n).to(tl.int64)[:, None] * stride_w + k + offs_k[None, :]
-                w1 = tl.load(w_ptr + w_rows)
-                w3 = tl.load(w_ptr + w_rows + N * stride_w)
-            acc1 = dot(a, tl.trans(w1), acc1, INTERPRET)
-            acc3 = dot(a, tl.trans(w3), acc3, INTERPRET)
-        act = cast(acc1 / (1.0 + tl.exp(-acc1)) * acc3, act_ptr.dtype.element_ty, INTERPRET)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, K, BK):
         if TMA:
-            act_desc.store([row0, n * BN], act)
+            a = act_desc.load([row0, k])
+            w = w_desc.load([w_row, k])
         else:
-            tl.store(act_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_act + n * BN + offs_n[None, :], act)
+            a = tl.load(act_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_act + k + offs_k[None, :])
+            w = tl.load(w_ptr + (w_row + offs_n).to(tl.int64)[:, None] * stride_w + k + offs_k[None, :])
+        acc = dot(a, tl.trans(w), acc, INTERPRET)
+    first = tl.load(offs_ptr + e)
+    local = (m - tl.load(blk_ptr + e)) * BM + offs_m  # row within the expert's segment
+    rmask = local < tl.load(offs_ptr + e + 1) - first
+    dst = tl.load(order_ptr + first + local, mask=rmask, other=0)
+    rw = tl.load(rw_ptr + dst, mask=rmask, other=0.0).to(tl.float32)
+    y = cast(acc * rw[:, None], y_ptr.dtype.element_ty, INTERPRET)
+    tl.store(y_ptr + dst[:, None] * stride_y + n * BN + offs_n[None, :], y, mask=rmask[:, None])
 
 
 @triton.jit
@@ -138,34 +185,25 @@ def _down_kernel(
     act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
     N, K, stride_act, stride_w, stride_y,
     E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, FLATTEN: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    # y[assignment] = routing weight · (act[padded row] @ w2[e]ᵀ) for the block's real rows.
     num_n = N // BN
     num_tiles = tl.load(blk_ptr + E) * num_n
-    offs_m = tl.arange(0, BM)
-    offs_n = tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
-    for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
-        e, m, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
-        row0 = m * BM
-        w_row = e * N + n * BN
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, K, BK):
-            if TMA:
-                a = act_desc.load([row0, k])
-                w = w_desc.load([w_row, k])
-            else:
-                a = tl.load(act_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_act + k + offs_k[None, :])
-                w = tl.load(w_ptr + (w_row + offs_n).to(tl.int64)[:, None] * stride_w + k + offs_k[None, :])
-            acc = dot(a, tl.trans(w), acc, INTERPRET)
-        first = tl.load(offs_ptr + e)
-        local = (m - tl.load(blk_ptr + e)) * BM + offs_m  # row within the expert's segment
-        rmask = local < tl.load(offs_ptr + e + 1) - first
-        dst = tl.load(order_ptr + first + local, mask=rmask, other=0)
-        rw = tl.load(rw_ptr + dst, mask=rmask, other=0.0).to(tl.float32)
-        y = cast(acc * rw[:, None], y_ptr.dtype.element_ty, INTERPRET)
-        tl.store(y_ptr + dst[:, None] * stride_y + n * BN + offs_n[None, :], y, mask=rmask[:, None])
+    if FLATTEN:
+        for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=True):
+            _down_tile(t, act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr, num_n, N,
+                       K, stride_act, stride_w, stride_y, E, EP, BM, BN, BK, GROUP_M, TMA, INTERPRET)
+    else:
+        for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
+            _down_tile(t, act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr, num_n, N,
+                       K, stride_act, stride_w, stride_y, E, EP, BM, BN, BK, GROUP_M, TMA, INTERPRET)
+
+
+@functools.lru_cache(maxsize=None)
+def flatten_available() -> bool:
+    """Whether this Triton's tl.range takes `flatten` (one software pipeline over the tile and K loops)."""
+    return "flatten" in inspect.signature(tl.range.__init__).parameters
 
 
 def _descriptor(t: torch.Tensor, block: list[int], tma: bool):
@@ -195,6 +233,7 @@ def tma_experts(
     cfg = dict(config or config_for(hidden, inter))
     BM, BN_UP, BN_DOWN, BK, GROUP_M = (cfg.pop(k) for k in ("BM", "BN_UP", "BN_DOWN", "BK", "GROUP_M"))
     tma = bool(cfg.pop("tma", True)) and tma_available()
+    flatten = bool(cfg.pop("flatten", False)) and flatten_available()
     if not (BN_UP and BN_DOWN and BK) or inter % BN_UP or hidden % BN_DOWN or hidden % BK or inter % BK:
         raise ValueError(f"tiles {BN_UP}/{BN_DOWN}/{BK} must divide intermediate {inter} and hidden {hidden}")
     x = x.contiguous()
@@ -223,10 +262,10 @@ def tma_experts(
         _descriptor(xs, [BM, BK], tma), xs, _descriptor(w13_2d, [BN_UP, BK], tma), w13_2d,
         _descriptor(act, [BM, BN_UP], tma), act, blk, inter, hidden, xs.stride(0), w13_2d.stride(0),
         act.stride(0), E=E, EP=EP, BM=BM, BN=BN_UP, BK=BK, GROUP_M=GROUP_M, NUM_PROGS=progs, TMA=tma,
-        INTERPRET=interpret, **cfg)
+        FLATTEN=flatten, INTERPRET=interpret, **cfg)
     _down_kernel[(progs,)](
         _descriptor(act, [BM, BK], tma), act, _descriptor(w2_2d, [BN_DOWN, BK], tma), w2_2d, y, order,
         weights.reshape(-1), offs, blk, hidden, inter, act.stride(0), w2_2d.stride(0), y.stride(0),
-        E=E, EP=EP, BM=BM, BN=BN_DOWN, BK=BK, GROUP_M=GROUP_M, NUM_PROGS=progs, TMA=tma, INTERPRET=interpret,
-        **cfg)
+        E=E, EP=EP, BM=BM, BN=BN_DOWN, BK=BK, GROUP_M=GROUP_M, NUM_PROGS=progs, TMA=tma, FLATTEN=flatten,
+        INTERPRET=interpret, **cfg)
     return y.view(T, topk, hidden).sum(1)  # the k partial outputs of each token (fp32 accumulate, one rounding)
