@@ -59,7 +59,7 @@ TMA_SWEEP = [_TMA] if SMOKE else [
     dict(_TMA, flatten=True),
     dict(_TMA, num_stages=4),
     dict(_TMA, BM=64, num_warps=4, num_stages=4),
-    dict(_TMA, BK=128, num_stages=2),
+    dict(_TMA, tail=True),  # an expert's last block of ≤ BM/2 rows as a half-height tile
     dict(_TMA, tma=False),  # the same persistent kernels with pointer loads
 ]
 TMA_SWEEP_TOKENS = (40,) if SMOKE else (4096, 16384)
@@ -198,14 +198,16 @@ def moe_section(roof: dict, rows: dict) -> None:
                        grouped_tma_sweep_best_tflops=flops / sweep[best_cfg] / 1e9)
         if t == INVARIANT_TOKENS:  # bitwise: the first rows alone vs the same rows among all (same routing)
             n = INVARIANT_ROWS
-            try:
-                full = moe_tma_triton.tma_experts(x, w, ids, w13, w2)
-                row["row_invariant_grouped_tma"] = bool(torch.equal(
-                    moe_tma_triton.tma_experts(x[:n], w[:n], ids[:n], w13, w2), full[:n]))
-            except Exception as exc:
-                if SMOKE:
-                    raise
-                print("grouped_tma row invariance failed:", type(exc).__name__, str(exc)[:300], flush=True)
+            for col, cfg in (("row_invariant_grouped_tma", _TMA), ("row_invariant_grouped_tma_tail",
+                                                                     dict(_TMA, tail=True))):
+                try:
+                    full = moe_tma_triton.tma_experts(x, w, ids, w13, w2, cfg)
+                    row[col] = bool(torch.equal(moe_tma_triton.tma_experts(x[:n], w[:n], ids[:n], w13, w2, cfg),
+                                                full[:n]))
+                except Exception as exc:
+                    if SMOKE:
+                        raise
+                    print(col, "failed:", type(exc).__name__, str(exc)[:300], flush=True)
         times = {name: row[f"{name}_ms"] for name in paths if not math.isnan(row.get(f"{name}_ms", math.nan))}
         if times:
             best = min(times, key=times.get)
