@@ -39,7 +39,7 @@ from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms, sw
 # (two 128 x 128 fp32 accumulators), down: 256 columns; 8 warps, 3 stages (48 KB of tiles per stage).
 # flatten: the tile loop and the K loop software-pipelined as one (tl.range(flatten=True), where this Triton has
 # it; otherwise the plain loops). tail: an expert's last block with at most BM/2 rows runs as a BM/2-row tile
-# (segments padded to BM/2: about half the padding rows' work of BM-padded segments).
+# (segments padded to BM/2 instead of BM: fewer idle padding rows in the MMAs).
 DEFAULT = dict(BM=128, BN_UP=128, BN_DOWN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3, tma=True, flatten=False,
                tail=False)
 
@@ -70,7 +70,7 @@ def tma_available() -> bool:
     if interpreting():
         from triton.runtime import interpreter
 
-        return hasattr(interpreter, "TensorDescriptor") or "TensorDescriptor" in vars(interpreter)
+        return hasattr(interpreter, "TensorDescriptor")  # the interpreter imports it where it runs them
     return True
 
 
