@@ -3,15 +3,17 @@ never one per token count.
 
 Why not per token count: prefix caching (engine/prefix_cache.py) restores a prompt's prefix and prefills only the
 rest, so the same token is computed in chunks of other lengths with caching on than off. Its expert outputs are
-bitwise the same only if the implementation computes a row the same way whatever the number of rows. The two
+bitwise the same only if the implementation computes a row the same way whatever the number of rows. The
 candidates do (a row's dot products run over the hidden dim in the same order in every tile shape): the grouped
-Triton kernels (moe_triton.triton_experts) and torch._grouped_mm (CUTLASS, moe_triton.grouped_mm_experts), but
-not each other's way: switching between them at a token count changed greedy tokens of a bf16 model on a GPU.
+Triton kernels (moe_triton.triton_experts), torch._grouped_mm (CUTLASS, moe_triton.grouped_mm_experts) and the
+persistent TMA kernels over expert-padded rows (moe_tma_triton.tma_experts, tile config fixed per shape), but
+not each other's way: switching between the first two at a token count changed greedy tokens of a bf16 model on
+a GPU.
 A per-expert cuBLAS loop was measured too (bench/prefill_kernels.py): cuBLAS picks its kernel (split-K
 included) by each expert's row count, so it is not a candidate.
 
 Decode steps (every sequence one new token) keep a token-count rule (kernels/dispatch.py): their batch is the
-same with caching on and off. bench/prefill_kernels.py times both candidates at the model's shape over prefill
+same with caching on and off. bench/prefill_kernels.py times the candidates at the model's shape over prefill
 chunk sizes and prints the MEASURED entry to paste here: (GPU name, experts, hidden, intermediate, top-k) ->
 implementation.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-IMPLEMENTATIONS = ("grouped", "grouped_mm")
+# grouped_tma: moe_tma_triton.tma_experts (persistent kernels over expert-padded rows, TMA loads on Hopper);
+# a candidate until a measurement puts it in MEASURED.
+IMPLEMENTATIONS = ("grouped", "grouped_mm", "grouped_tma")
 # Rows per expert from which torch._grouped_mm (CUTLASS) beat the grouped Triton kernels on an H100 (decode
 # steps' rule).
 GROUPED_MM_MIN_ROWS_PER_EXPERT = 64

@@ -123,6 +123,10 @@ def moe_experts(
         import minimax01.kernels.moe_decode as moe_decode
 
         return moe_decode.gemv_experts(x, weights, ids, w13, w2)
+    if impl == "grouped_tma":
+        import minimax01.kernels.moe_tma_triton as moe_tma_triton
+
+        return moe_tma_triton.tma_experts(x, weights, ids, w13, w2)
     if impl in ("grouped", "grouped_mm"):
         import minimax01.kernels.moe_triton as moe_triton
 
