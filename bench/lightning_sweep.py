@@ -118,7 +118,8 @@ def main() -> None:
             o64 = o64.transpose(0, 1)
             o16, s16 = lightning_prefill_ref(*[t.transpose(0, 1) for t in (q, k, v)], decay, st0[0])
             info.update(err_bf16_ref_o=rel_err(o16.transpose(0, 1), o64), err_bf16_ref_state=rel_err(s16, s64))
-            tol = dict(o=TOL_FACTOR * info["err_bf16_ref_o"] + 1e-4, state=TOL_FACTOR * info["err_bf16_ref_state"] + 1e-4)
+            tol = dict(o=TOL_FACTOR * info["err_bf16_ref_o"] + 1e-4,
+                       state=TOL_FACTOR * info["err_bf16_ref_state"] + 1e-4)
             del o16, s16
             st_def = st0.clone()
             o_def = walk(st_def, **default)
@@ -173,7 +174,8 @@ def main() -> None:
     table = list(rows.values())
     for row in table:
         row["sum_ms"] = sum(row.get(f"ms_{n}", math.nan) for n in LENGTHS)
-        row["within_tol"] = bool(row.get("err_o", math.inf) <= tol["o"] and row.get("err_state", math.inf) <= tol["state"])
+        row["within_tol"] = bool(row.get("err_o", math.inf) <= tol["o"]
+                                 and row.get("err_state", math.inf) <= tol["state"])
     ok = [r for r in table if r["within_tol"] and "error" not in r]
     # No timings in smoke mode: the first config within tolerance stands in.
     winner = min(ok, key=lambda r: math.inf if math.isnan(r["sum_ms"]) else r["sum_ms"], default=None)

@@ -2,11 +2,11 @@
 decay_out on/off, chunk 64/128, value blocks, state-only, varlen batches with a partial last chunk and nonzero
 initial states, fp32 and bf16 inputs.
 
-Tolerances are test_kernels.py's (its docstring says why): fp32 inputs ‖err‖/‖ref‖ ≤ 1e-5 under the interpreter
-(the same arithmetic in another order) and 5e-3 on CUDA (fp32 dots in tf32); bf16 inputs ≤ 2× the error of the
-torch reference run in bf16 (+1e-4). A wrong decay exponent, a dropped partial chunk or a state that is not
-carried is an O(1) error, far above these bounds. On CUDA the same cases run at the model's shape (64 heads × 128,
-8 K tokens).
+Tolerances are test_kernels.py's (its docstring says why): fp32 inputs ‖err‖/‖ref‖ ≤ 1e-5 under the
+interpreter (the same arithmetic in another order) and 5e-3 on CUDA (fp32 dots in tf32); bf16 inputs ≤ 2× the
+error of the torch reference run in bf16 (+1e-4). A wrong decay exponent, a dropped partial chunk or a state
+that is not carried is an O(1) error, far above these bounds. On CUDA the same cases run at the model's shape
+(64 heads × 128, 8 K tokens).
 """
 
 from __future__ import annotations

@@ -36,6 +36,33 @@ from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms
 
 
 @triton.jit
+def _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
+                     c0, end, S, k_decay, s_decay, q_decay, diag, offs_c,
+                     INTER_BF16: tl.constexpr, STATE_ONLY: tl.constexpr, INTERPRET: tl.constexpr):
+    """One chunk of the DECAY_OUT walk; returns the next state. k_decay = λ^(m-1-t) [C], s_decay = λ^m."""
+    rows = c0 + offs_c
+    mask = (rows < end)[:, None]
+    r64 = rows.to(tl.int64)[:, None]
+    if not STATE_ONLY:
+        qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
+    kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
+    vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
+    # Kᵀ (V ∘ λ^(m-1-t)) with the decayed state as accumulator: λ^m S + the update in one dot  [D, BE]
+    vd = cast(vi.to(tl.float32) * k_decay[:, None], vi.dtype, INTERPRET)  # [C, BE]
+    S_next = dot(kT, vd, S * s_decay, INTERPRET)
+    if not STATE_ONLY:  # independent products back to back (async overlap), then the dependent P V
+        if INTER_BF16:  # raw Q (exact in bf16 for bf16 models), S rounded for this product only
+            qs = dot(cast(qi, tl.bfloat16, INTERPRET), cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
+        else:
+            qs = dot(qi.to(tl.float32), S, None, INTERPRET)
+        qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
+        # λ^(j+1) scales the rows of Q S: [C, BE] fp32, the P V dot's accumulator
+        o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, qs * q_decay[:, None], INTERPRET)
+        tl.store(o_base + r64 * stride_ot, cast(o, o_base.dtype.element_ty, INTERPRET), mask=mask)
+    return S_next
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, decay_ptr, cu_ptr, slot_ptr, st_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -73,37 +100,31 @@ def _prefill_kernel(
     v_base = v_ptr + h * stride_vh + offs_e[None, :]
     o_base = o_ptr + h * stride_oh + offs_e[None, :]
 
-    for c0 in range(start, end, C):
-        rows = c0 + offs_c
-        mask = (rows < end)[:, None]
-        r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
-        if not STATE_ONLY:  # Q first, as before the state-only variant existed (the order the timings below had)
-            qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
-        # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
-        # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
-        kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
-        vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
-        m = tl.minimum(end - c0, C).to(tl.float32)
-        if DECAY_OUT:
-            k_decay = k_decay_full
-            s_decay = s_decay_full
-            if end - c0 < C:  # partial last chunk: λ^(m-1-t) (0 past the end: V rows are 0 there) and λ^m
-                k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
-                s_decay = tl.exp(-s * m)
-            # Kᵀ (V ∘ λ^(m-1-t)) with the decayed state as accumulator: λ^m S + the update in one dot  [D, BE]
-            vd = cast(vi.to(tl.float32) * k_decay[:, None], vi.dtype, INTERPRET)  # [C, BE]
-            S_next = dot(kT, vd, S * s_decay, INTERPRET)
-            if not STATE_ONLY:
-                if INTER_BF16:  # raw Q (exact in bf16 for bf16 models), S rounded for this product only
-                    qs = dot(cast(qi, tl.bfloat16, INTERPRET), cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
-                else:
-                    qs = dot(qi.to(tl.float32), S, None, INTERPRET)
-                qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
-                # λ^(j+1) scales the rows of Q S: [C, BE] fp32, the P V dot's accumulator
-                o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, qs * q_decay[:, None], INTERPRET)
-                tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
-            S = S_next
-        else:
+    if DECAY_OUT:
+        # Full chunks in a loop without control flow (constant decays), then the partial last chunk, if any, with
+        # its own λ^(m-1-t) (0 past the end, where V's rows are 0 anyway) and λ^m.
+        full_end = start + (end - start) // C * C
+        for c0 in range(start, full_end, C):
+            S = _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
+                                 c0, end, S, k_decay_full, s_decay_full, q_decay, diag, offs_c,
+                                 INTER_BF16, STATE_ONLY, INTERPRET)
+        if full_end < end:
+            m = (end - full_end).to(tl.float32)
+            S = _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
+                                 full_end, end, S, tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0)), tl.exp(-s * m),
+                                 q_decay, diag, offs_c, INTER_BF16, STATE_ONLY, INTERPRET)
+    else:
+        for c0 in range(start, end, C):
+            rows = c0 + offs_c
+            mask = (rows < end)[:, None]
+            r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
+            if not STATE_ONLY:  # Q first, as before the state-only variant existed (the order the timings below had)
+                qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
+            # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
+            # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
+            kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
+            vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
+            m = tl.minimum(end - c0, C).to(tl.float32)
             # λ^(m-1-t); rows past the end are zero in kT, the maximum keeps exp() from overflowing there.
             k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
             kdT = cast(kT.to(tl.float32) * k_decay[None, :], kT.dtype, INTERPRET)
