@@ -6,8 +6,12 @@ the default config (`prefill_config`). Prints the winner (least ms summed over t
 within the GPU test's tolerance: 2x the bf16 torch reference's own error + 1e-4, tests/test_kernels.py) as a
 ready-to-paste `prefill_config` return value.
 
-    PYTHONPATH=src python bench/lightning_sweep.py            # one H200: about 2-3 minutes (34 configs x 3 lengths)
-    python bench/lightning_sweep.py --smoke                     # tiny shapes on the CPU (interpreter), no file
+    PYTHONPATH=src python bench/lightning_sweep.py [--budget-s 360]   # one H200
+    python bench/lightning_sweep.py --smoke                            # tiny shapes on the CPU (interpreter), no file
+
+Time on an H200: estimated (not yet run) at 2-3 minutes: 34 compiles, then per config and length the median of
+Triton's do_bench (about 0.2 s of calls; 17 ms per call at 512 K), plus the fp64 reference at 32 K. Configs not
+reached within --budget-s seconds are skipped and reported.
 
 Writes bench/results/lightning-sweep-<date>.{json,md} (and copies under $OUT); --smoke writes nothing.
 A config that fails to compile (e.g. shared memory) is reported (NaN + message) and the sweep goes on.
