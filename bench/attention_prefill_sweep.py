@@ -51,8 +51,8 @@ else:
     # The first sweep (bench/results/attention-prefill-sweep-2026-11-30) settled the tile sides (256 x 64, 16 warps)
     # and the block lookup a tile ahead; the second (…-sweep-2-…) tried the per-tile work on top of them (the
     # scale in the exponent's FMA won; a lazy rescale and Q·Kᵀ a tile ahead lost and were removed), the third
-    # (…-sweep-3-…) half of the exponentials by polynomial (lost, removed). This list: smaller tiles, several
-    # programs per SM.
+    # (…-sweep-3-…) half of the exponentials by polynomial (lost, removed), the fourth (…-sweep-4-…, this list)
+    # smaller tiles with several programs per SM (all slower).
     A = dict(block_ahead=True, exp_fma=True)
     CANDIDATES = [
         # two or four programs per SM (smaller tiles, fewer stages: 96-112 KiB of shared memory each), so that
