@@ -100,10 +100,8 @@ Config = prefill.PrefillConfig
 OPTION_CONFIGS = [Config(16, 32, 4, 1), Config(32, 16, 4, 1, v_early=True, exp_fma=True),
                   Config(16, 16, 4, 1, warp_specialize=True, block_ahead=True),
                   Config(128, 128, 8, 3, exp_fma=True, block_ahead=True), Config(256, 64, 8, 3, v_early=True),
-                  Config(128, 64, 8, 3, warp_specialize=True, v_early=True), Config(128, 64, 8, 3, block_ahead=True),
-                  Config(16, 32, 4, 1, exp_poly=True), Config(32, 16, 4, 1, exp_fma=True, exp_poly=True, block_ahead=True),
-                  Config(256, 64, 16, 3, exp_fma=True, exp_poly=True, block_ahead=True)]
-OPTIONS = ("v_early", "exp_fma", "warp_specialize", "block_ahead", "exp_poly")
+                  Config(128, 64, 8, 3, warp_specialize=True, v_early=True), Config(128, 64, 8, 3, block_ahead=True)]
+OPTIONS = ("v_early", "exp_fma", "warp_specialize", "block_ahead")
 
 
 def config_id(c: prefill.PrefillConfig) -> str:

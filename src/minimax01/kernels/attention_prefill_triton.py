@@ -60,13 +60,6 @@ class PrefillConfig:
     # Full tiles: look the next tile's pool block(s) up one iteration ahead, so that the K/V loads do not wait
     # on a block-table load of their own iteration.
     block_ahead: bool = False
-    # Half of each tile's exponentials (its last BN/2 keys) by a polynomial on the FMA units instead of the
-    # special-function unit, whose throughput (1/32 of the tensor cores' per element at D = 128) bounds the
-    # softmax on Hopper. Degree-3 fit of 2^f on [-1/2, 1/2]: relative error 7.5e-5, far below the bf16 rounding
-    # of p before P·V (2^-9). Which keys take which path depends only on the key's position (tiles are aligned),
-    # so a query's sums stay the same whatever the chunking (prefix caching's exactness). 16-bit inputs only:
-    # fp32 launches keep tl.exp2 (their p is not rounded, the fit's error would show).
-    exp_poly: bool = False
 
 
 # Keyed by (head_dim, dtype). 16-bit D = 128 is the model's shape. Measured on an H200 (bench/attention_prefill.py
@@ -146,26 +139,9 @@ def _load_tile(base, desc, bt, t0, blk, kvh, offs_n, offs_d, L, stride_blk, stri
 
 
 @triton.jit
-def _exp2_half_poly(x, BM: tl.constexpr, BN: tl.constexpr):
-    """2^x of x [BM, BN] (x ≤ 0, or −inf): the first BN/2 columns by tl.exp2 (special-function unit), the last
-    BN/2 by 2^round(x) · P(x − round(x)) on the FMA/ALU pipes: x + 1.5·2^23 rounds x to an integer held in the
-    low mantissa bits (its bits minus the constant's are round(x)), and that integer is added to the exponent
-    field of P's result. x is clamped to −125 so the exponent stays normal."""
-    lo, hi = tl.reshape(x, [BM, 2, BN // 2]).permute(0, 2, 1).split()  # columns [0, BN/2) and [BN/2, BN)
-    hi = tl.maximum(hi, -125.0)
-    t = hi + 12582912.0
-    f = hi - (t - 12582912.0)  # [-1/2, 1/2]
-    poly = ((0.05517132 * f + 0.24261054) * f + 0.69326097) * f + 0.99992812  # 2^f, rel. error < 7.5e-5
-    e = t.to(tl.int32, bitcast=True) - 0x4B400000  # round(x)
-    hi = (poly.to(tl.int32, bitcast=True) + (e << 23)).to(tl.float32, bitcast=True)
-    return tl.join(tl.exp2(lo), hi).permute(0, 2, 1).reshape([BM, BN])
-
-
-@triton.jit
 def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n, offs_d, scale_log2,
                  stride_kblk, stride_ktok, stride_vblk, stride_vtok,
                  MASKED: tl.constexpr, TMA: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr,
-                 EXP_POLY: tl.constexpr, BM: tl.constexpr,
                  BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BLK: tl.constexpr, INTERPRET: tl.constexpr):
     """One online-softmax step over keys t0..t0+BN of q [BM, D] (rows at positions pos [BM]). MASKED: the
     tile crosses the diagonal or the context end (keys > pos get −inf, keys ≥ L are not loaded)."""
@@ -182,16 +158,10 @@ def _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh,
         s = tl.where((t0 + offs_n)[None, :] <= pos[:, None], s, float("-inf"))
     if EXP_FMA:
         m_new = tl.maximum(m, tl.max(s, 1) * scale_log2)
-        x = tl.fma(s, scale_log2, -m_new[:, None])  # explicit: whatever the compiler's fp fusion
+        p = tl.exp2(tl.fma(s, scale_log2, -m_new[:, None]))  # explicit: whatever the compiler's fp fusion
     else:
         m_new = tl.maximum(m, tl.max(s, 1))  # finite: every row saw key 0 in the first tile it visited
-        x = s - m_new[:, None]
-    if EXP_POLY:
-        p = _exp2_half_poly(x, BM, BN)
-        if MASKED:  # the polynomial's floor is 2^-125.5, not 0: hidden keys must add nothing
-            p = tl.where((t0 + offs_n)[None, :] <= pos[:, None], p, 0.0)
-    else:
-        p = tl.exp2(x)
+        p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
     if not V_EARLY:
@@ -209,7 +179,7 @@ def _prefill_kernel(
     scale_log2,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, TMA: tl.constexpr,
     WS: tl.constexpr, V_EARLY: tl.constexpr, EXP_FMA: tl.constexpr, AHEAD: tl.constexpr,
-    EXP_POLY: tl.constexpr, INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -250,13 +220,13 @@ def _prefill_kernel(
             blk_next = _tile_blocks(bt, tl.minimum(t0 + BN, full_end - BN), offs_n, BS, BN)
         acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, blk, kvh, pos, L, offs_n,
                                  offs_d, scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, EXP_POLY=EXP_POLY, BM=BM,
-                                 BS=BS, BN=BN, D=D, BLK=AHEAD, INTERPRET=INTERPRET)
+                                 MASKED=False, TMA=TMA, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=AHEAD, INTERPRET=INTERPRET)
     for t0 in range(full_end, last + 1, BN):
         acc, m, l = _attend_tile(q, acc, m, l, k_base, v_base, k_desc, v_desc, bt, t0, 0, kvh, pos, L, offs_n, offs_d,
                                  scale_log2, stride_kblk, stride_ktok, stride_vblk, stride_vtok,
-                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, EXP_POLY=EXP_POLY, BM=BM,
-                                 BS=BS, BN=BN, D=D, BLK=False, INTERPRET=INTERPRET)
+                                 MASKED=True, TMA=False, V_EARLY=V_EARLY, EXP_FMA=EXP_FMA, BS=BS, BN=BN, D=D,
+                                 BLK=False, INTERPRET=INTERPRET)
     o = acc / l[:, None]
     o_rows = (q_lo + qi).to(tl.int64) * stride_ot + head * stride_oh
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], cast(o, o_ptr.dtype.element_ty, INTERPRET),
@@ -349,7 +319,6 @@ def prefill(
         scale * LOG2E,
         G=G, D=D, BM=config.block_m, BN=config.block_n, BS=BS, TMA=tma, WS=config.warp_specialize,
         V_EARLY=config.v_early, EXP_FMA=config.exp_fma, AHEAD=config.block_ahead,
-        EXP_POLY=config.exp_poly and q.element_size() == 2,
         INTERPRET=interp,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
