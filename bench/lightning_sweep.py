@@ -1,22 +1,23 @@
 """Launch sweep of the single-walk Triton lightning prefill (kernels/lightning_triton.py): value block, warps,
-load stages, chunk length and the decay_out variant, timed at batch 1 against the HBM floor (read q, k, v and
-write o once, at the copy bandwidth measured in the same run), next to fla-core's chunk_simple_gla when it
-imports. Errors of every config at the first length (32 K): o and state against the fp64 reference and against
-the default config (`prefill_config`). Prints the winner (least ms summed over the lengths among the configs
-within the GPU test's tolerance: 2x the bf16 torch reference's own error + 1e-4, tests/test_kernels.py) as a
-ready-to-paste `prefill_config` return value.
+load stages and chunk length, timed at batch 1 against the HBM floor (read q, k, v and write o once, at the copy
+bandwidth measured in the same run), next to fla-core's chunk_simple_gla when it imports. Errors of every config
+at the first length (32 K): o and state against the fp64 reference and against the default config
+(`prefill_config`). Prints the winner (least ms summed over the lengths among the configs within the GPU test's
+tolerance: 2x the bf16 torch reference's own error + 1e-4, tests/test_kernels.py) as a ready-to-paste
+`prefill_config` return value.
 
     PYTHONPATH=src python bench/lightning_sweep.py [--budget-s 360]   # one H200
     python bench/lightning_sweep.py --smoke                            # tiny shapes on the CPU (interpreter), no file
 
-Time on an H200: estimated (not yet run) at 2-3 minutes: 34 compiles, then per config and length the median of
-Triton's do_bench (about 0.2 s of calls; 17 ms per call at 512 K), plus the fp64 reference at 32 K. Configs not
-reached within --budget-s seconds are skipped and reported.
+A `decay_out` kernel variant (the decays moved onto narrower tiles) was swept too, doubling the launches to 34
+(130 s on an H200), and removed: it lost to the default launch (bench/results/lightning-sweep-2026-11-30.md,
+docs/kernels.md). Per config and length: the median of Triton's do_bench (about 0.2 s of calls; 16 ms per call
+at 512 K), plus the fp64 reference at 32 K. Configs not reached within --budget-s seconds are skipped and
+reported.
 
 Writes bench/results/lightning-sweep-<date>.{json,md} (and copies under $OUT); --smoke writes nothing.
 A config that fails to compile (e.g. shared memory) is reported (NaN + message) and the sweep goes on.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -47,25 +48,22 @@ TOL_FACTOR = 2  # tests/test_kernels.py BF16_FACTOR
 
 
 def configs() -> list[dict]:
-    """34 launches. Pruned: BE = 32 only with 4 warps and BE = 128 only with 8 (the [128, 128] fp32 state alone
+    """17 launches. Pruned: BE = 32 only with 4 warps and BE = 128 only with 8 (the [128, 128] fp32 state alone
     is 128 registers per thread over 128 threads); C = 128 only with 2 stages, 3 at BE = 32: compiled for sm_90
     with Triton 3.6, C = 128 at 3 stages needs 240-320 KiB of shared memory at BE >= 64, more than the 227 KiB a
-    block may have; all 34 launches below fit (at most 224 KiB)."""
+    block may have; all 17 launches below fit (at most 224 KiB)."""
     if SMOKE:  # the interpreter ignores warps and stages; the value blocks and chunks still change the code
-        return [dict(block_e=be, num_warps=4, num_stages=3, chunk=c, decay_out=do)
-                for be, c, do in [(16, 64, False), (16, 64, True), (32, 128, False), (32, 128, True)]]
+        return [dict(block_e=be, num_warps=4, num_stages=3, chunk=c) for be, c in [(16, 64), (32, 128)]]
     out = []
     for be, warps in [(32, 4), (64, 4), (64, 8), (128, 8)]:
         for chunk, stages_list in [(64, (2, 3, 4)), (128, (2, 3) if be == 32 else (2,))]:
             for stages in stages_list:
-                for decay_out in (False, True):
-                    out.append(dict(block_e=be, num_warps=warps, num_stages=stages, chunk=chunk, decay_out=decay_out))
+                out.append(dict(block_e=be, num_warps=warps, num_stages=stages, chunk=chunk))
     return out
 
 
 def name(cfg: dict) -> str:
-    return (f"be{cfg['block_e']}-w{cfg['num_warps']}-s{cfg['num_stages']}-c{cfg['chunk']}"
-            f"{'-decay_out' if cfg['decay_out'] else ''}")
+    return f"be{cfg['block_e']}-w{cfg['num_warps']}-s{cfg['num_stages']}-c{cfg['chunk']}"
 
 
 def timed(fn) -> float:
@@ -99,7 +97,7 @@ def main() -> None:
     slot = torch.zeros(1, dtype=torch.int64, device=DEV)
     sms = torch.cuda.get_device_properties(0).multi_processor_count if not SMOKE else 132
     cfgs = configs()
-    default = {**lt.prefill_config(H, D, LENGTHS[0], LENGTHS[0], sms), "decay_out": False}
+    default = lt.prefill_config(H, D, LENGTHS[0], LENGTHS[0], sms)
     rows = {name(c): dict(config=name(c)) for c in cfgs}
     failed: dict[str, str] = {}
     lengths_rows = []
@@ -193,9 +191,9 @@ def main() -> None:
         speedup = def_row["sum_ms"] / winner["sum_ms"] if def_row else math.nan
         print(f"# winner {winner['config']}: summed ms {winner['sum_ms']:.3f} over n = {LENGTHS} "
               f"({speedup:.3f}x the default); "
-              "paste as prefill_config's batch-1 return value (decay_out is a new key):")
+              "paste as prefill_config's batch-1 return value:")
         print(f"    return dict(block_e={winner['block_e']}, chunk={winner['chunk']}, num_warps={winner['num_warps']}, "
-              f"num_stages={winner['num_stages']}, decay_out={winner['decay_out']})")
+              f"num_stages={winner['num_stages']})")
     meta = {**environment(), **roof, "wall_s": round(time.time() - t0, 1), "tolerance": tol,
             "winner": winner["config"] if winner else None, "default": name(default)}
     sections = {f"lengths, batch 1, {H} heads x {D}, bf16 in, fp32 state (layer {LAYER} of 80)": lengths_rows,

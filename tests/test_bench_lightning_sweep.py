@@ -20,6 +20,6 @@ def test_lightning_sweep_smoke() -> None:
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "lightning_sweep.py"), "--smoke"],
                          capture_output=True, text=True, timeout=1800)  # the limit only catches a hang
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "decay_out" in run.stdout and "err o" in run.stdout
+    assert "be16-w4-s3-c64" in run.stdout and "be32-w4-s3-c128" in run.stdout and "err o" in run.stdout
     assert "# winner " in run.stdout and "    return dict(block_e=" in run.stdout, run.stdout[-3000:]
     assert set((ROOT / "bench" / "results").glob("lightning-sweep-*")) == before

@@ -1,12 +1,13 @@
 """Launch variants of the Triton lightning prefill (kernels/lightning_triton.py) against the fp64 block reference:
-decay_out on/off, chunk 64/128, value blocks, state-only, varlen batches with a partial last chunk and nonzero
-initial states, fp32 and bf16 inputs.
+chunk 64/128, value blocks, state-only, varlen batches with a partial last chunk and nonzero initial states, fp32
+and bf16 inputs.
 
 Tolerances are test_kernels.py's (its docstring says why): fp32 inputs ‖err‖/‖ref‖ ≤ 1e-5 under the
 interpreter (the same arithmetic in another order) and 5e-3 on CUDA (fp32 dots in tf32); bf16 inputs ≤ 2× the
 error of the torch reference run in bf16 (+1e-4). A wrong decay exponent, a dropped partial chunk or a state
 that is not carried is an O(1) error, far above these bounds. On CUDA the same cases run at the model's shape
-(64 heads × 128, 8 K tokens).
+(64 heads × 128, 8 K tokens), except fp32 with 128-token chunks: fp32 tiles are twice the bytes, and that launch
+needs 352 KiB of shared memory on an H200 (the limit is 227 KiB).
 """
 
 from __future__ import annotations
@@ -78,23 +79,21 @@ def check(cfg: dict, dtype: torch.dtype, lens: list[int], state_only: bool = Fal
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk", [64, 128])
-@pytest.mark.parametrize("decay_out", [False, True])
-def test_prefill_variants_match_reference(dtype: torch.dtype, chunk: int, decay_out: bool) -> None:
+def test_prefill_variants_match_reference(dtype: torch.dtype, chunk: int) -> None:
+    if CUDA and dtype == torch.float32 and chunk == 128:
+        # Q [128, 128], Kᵀ [128, 128] and V [128, 64] fp32 tiles over 2 stages: 352 KiB of shared memory on an
+        # H200 (OutOfResources), the limit is 227 KiB; fp32 with 128-token chunks still runs on the CPU.
+        pytest.skip("fp32 tiles of 128-token chunks exceed the GPU's shared memory (352 KiB > 227 KiB)")
     block_e = 64 if CUDA else 16  # a value split (E/BE = 2) as at batch 1
-    cfg = dict(block_e=block_e, chunk=chunk, decay_out=decay_out)
+    cfg = dict(block_e=block_e, chunk=chunk)
     if dtype == torch.bfloat16 and CUDA:
         cfg.update(num_warps=8 if chunk == 128 else 4, num_stages=2 if chunk == 128 else 3)
     check(cfg, dtype, LENS)
 
 
-@pytest.mark.parametrize("decay_out", [False, True])
-def test_state_only_variants(decay_out: bool) -> None:
+def test_state_only_variant() -> None:
     """The segmented prefill's first pass: states alone, from the same decays."""
-    check(dict(block_e=DIM, chunk=64, decay_out=decay_out), torch.bfloat16, LENS, state_only=True)
-
-
-def test_decay_out_bf16_without_bf16_inter_product() -> None:
-    check(dict(block_e=DIM, chunk=64, decay_out=True, inter_bf16=False), torch.bfloat16, LENS[:2])
+    check(dict(block_e=DIM, chunk=64), torch.bfloat16, LENS, state_only=True)
 
 
 @pytest.mark.parametrize("block_e", [32, 64, 128])
@@ -113,7 +112,7 @@ def test_sweep_shapes_at_the_model_head_dim(block_e: int) -> None:
         launches = [(w, st) for w in (4, 8) for st in (2, 3, 4)] if CUDA else [(4, 3)]
         for chunk in (64, 128):
             for warps, stages in launches:
-                cfg = dict(block_e=block_e, chunk=chunk, decay_out=True, num_warps=warps, num_stages=stages)
+                cfg = dict(block_e=block_e, chunk=chunk, num_warps=warps, num_stages=stages)
                 try:
                     check(cfg, torch.bfloat16, lens)
                 except OutOfResources:

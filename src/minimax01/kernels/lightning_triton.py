@@ -15,13 +15,6 @@ original's bf16 matmuls); (Q ∘ λ^(j+1)) S on bf16 operands too for 16-bit mod
 product only; the carried state stays fp32; the whole kernel ran 16 % faster than with the tf32 product, at
 the same error against the fp64 reference, docs/kernels.md), fp32/tf32 for fp32 inputs.
 
-Variant DECAY_OUT (config key `decay_out`, off by default until timed on the GPU): the same sums with the decays
-moved onto the narrower tiles, fewer elementwise ops per chunk for a kernel that is issue-bound, not
-bandwidth-bound (docs/kernels.md):
-    O = ((Q Kᵀ) ∘ λ^(j-t)[j≥t]) V  +  λ^(j+1) ∘ (Q S)        (raw bf16 Q: no [C, D] convert/scale/cast)
-    S ← Kᵀ (V ∘ λ^(m-1-t))  with accumulator  λ^m S         (scales [C, BE] instead of [D, C]; no separate add)
-The decay vectors of a full chunk are constants, computed once; only a partial last chunk recomputes them.
-
 Decode: one program per (sequence, head, value block); it gathers the state by slot index, updates it in
 place (S = λS + kᵀv in fp32) and writes o = qS. One read and one write of the state: HBM-bound.
 """
@@ -36,39 +29,12 @@ from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms
 
 
 @triton.jit
-def _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
-                     c0, end, S, k_decay, s_decay, q_decay, diag, offs_c,
-                     INTER_BF16: tl.constexpr, STATE_ONLY: tl.constexpr, INTERPRET: tl.constexpr):
-    """One chunk of the DECAY_OUT walk; returns the next state. k_decay = λ^(m-1-t) [C], s_decay = λ^m."""
-    rows = c0 + offs_c
-    mask = (rows < end)[:, None]
-    r64 = rows.to(tl.int64)[:, None]
-    if not STATE_ONLY:
-        qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
-    kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
-    vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
-    # Kᵀ (V ∘ λ^(m-1-t)) with the decayed state as accumulator: λ^m S + the update in one dot  [D, BE]
-    vd = cast(vi.to(tl.float32) * k_decay[:, None], vi.dtype, INTERPRET)  # [C, BE]
-    S_next = dot(kT, vd, S * s_decay, INTERPRET)
-    if not STATE_ONLY:  # independent products back to back (async overlap), then the dependent P V
-        if INTER_BF16:  # raw Q (exact in bf16 for bf16 models), S rounded for this product only
-            qs = dot(cast(qi, tl.bfloat16, INTERPRET), cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
-        else:
-            qs = dot(qi.to(tl.float32), S, None, INTERPRET)
-        qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
-        # λ^(j+1) scales the rows of Q S: [C, BE] fp32, the P V dot's accumulator
-        o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, qs * q_decay[:, None], INTERPRET)
-        tl.store(o_base + r64 * stride_ot, cast(o, o_base.dtype.element_ty, INTERPRET), mask=mask)
-    return S_next
-
-
-@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, decay_ptr, cu_ptr, slot_ptr, st_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_ss, stride_sh,
     D: tl.constexpr, E: tl.constexpr, BE: tl.constexpr, C: tl.constexpr, INTER_BF16: tl.constexpr,
-    DECAY_OUT: tl.constexpr, STATE_ONLY: tl.constexpr, INTERPRET: tl.constexpr,
+    STATE_ONLY: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # STATE_ONLY: only the state recurrence (no Q read, no output): the segment states of
     # lightning_segmented.py, which reads K and V alone.
@@ -90,60 +56,41 @@ def _prefill_kernel(
     q_decay = tl.exp(-s * (pos + 1.0))  # λ^(j+1)
     diff = pos[:, None] - pos[None, :]
     diag = tl.where(diff >= 0, tl.exp(-s * tl.maximum(diff, 0.0)), 0.0)  # λ^(j-t), causal
-    # Full-chunk decays (DECAY_OUT): λ^(C-1-t) and λ^C. At C = 128 the fastest head (s = 0.92) takes λ^127 below
-    # fp32's range: it flushes to 0 where the true weight (< 1e-38 of the current token's) is negligible anyway;
-    # exponents are never negative, so nothing overflows.
-    k_decay_full = tl.exp(-s * (C - 1.0 - pos))
-    s_decay_full = tl.exp(-s * C)
     q_base = q_ptr + h * stride_qh + offs_d[None, :]
     kT_base = k_ptr + h * stride_kh + offs_d[:, None]
     v_base = v_ptr + h * stride_vh + offs_e[None, :]
     o_base = o_ptr + h * stride_oh + offs_e[None, :]
 
-    if DECAY_OUT:
-        # Full chunks in a loop without control flow (constant decays), then the partial last chunk, if any, with
-        # its own λ^(m-1-t) (0 past the end, where V's rows are 0 anyway) and λ^m.
-        full_end = start + (end - start) // C * C
-        for c0 in range(start, full_end, C):
-            S = _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
-                                 c0, end, S, k_decay_full, s_decay_full, q_decay, diag, offs_c,
-                                 INTER_BF16, STATE_ONLY, INTERPRET)
-        if full_end < end:
-            m = (end - full_end).to(tl.float32)
-            S = _chunk_decay_out(q_base, kT_base, v_base, o_base, stride_qt, stride_kt, stride_vt, stride_ot,
-                                 full_end, end, S, tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0)), tl.exp(-s * m),
-                                 q_decay, diag, offs_c, INTER_BF16, STATE_ONLY, INTERPRET)
-    else:
-        for c0 in range(start, end, C):
-            rows = c0 + offs_c
-            mask = (rows < end)[:, None]
-            r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
-            if not STATE_ONLY:  # Q first, as before the state-only variant existed (the order the timings below had)
-                qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
-            # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
-            # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
-            kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
-            vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
-            m = tl.minimum(end - c0, C).to(tl.float32)
-            # λ^(m-1-t); rows past the end are zero in kT, the maximum keeps exp() from overflowing there.
-            k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
-            kdT = cast(kT.to(tl.float32) * k_decay[None, :], kT.dtype, INTERPRET)
-            if STATE_ONLY:
-                upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
+    for c0 in range(start, end, C):
+        rows = c0 + offs_c
+        mask = (rows < end)[:, None]
+        r64 = rows.to(tl.int64)[:, None]  # T·stride passes 2^31 at long contexts (512 K · 24576)
+        if not STATE_ONLY:  # Q first, as before the state-only variant existed (the order the timings below had)
+            qi = tl.load(q_base + r64 * stride_qt, mask=mask, other=0.0)  # [C, D]
+        # K is loaded transposed: both of its products take Kᵀ as it comes, no register transpose
+        # (measured 1.16 -> 1.08 ms at 32 K, 16.9 -> 16.0 ms at 512 K).
+        kT = tl.load(kT_base + tl.trans(r64) * stride_kt, mask=tl.trans(mask), other=0.0)  # [D, C]
+        vi = tl.load(v_base + r64 * stride_vt, mask=mask, other=0.0)  # [C, BE]
+        m = tl.minimum(end - c0, C).to(tl.float32)
+        # λ^(m-1-t); rows past the end are zero in kT, the maximum keeps exp() from overflowing there.
+        k_decay = tl.exp(-s * tl.maximum(m - 1.0 - pos, 0.0))
+        kdT = cast(kT.to(tl.float32) * k_decay[None, :], kT.dtype, INTERPRET)
+        if STATE_ONLY:
+            upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
+        else:
+            # The three products that do not depend on each other are issued back to back (measured at
+            # BE = 64, 4 warps: 1.68 -> 1.22 ms at 32 K, 25.6 -> 16.9 ms at 512 K). The gain is not overlap of
+            # the products: compiled for sm_90 (Triton 3.6) every wgmma group is followed by wait_group 0.
+            if INTER_BF16:  # S rounded to bf16 for this product only (the carried state stays fp32)
+                inter = dot(cast(qi.to(tl.float32) * q_decay[:, None], tl.bfloat16, INTERPRET),
+                            cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
             else:
-                # The three products that do not depend on each other are issued back to back (measured at
-                # BE = 64, 4 warps: 1.68 -> 1.22 ms at 32 K, 25.6 -> 16.9 ms at 512 K). The gain is not overlap of
-                # the products: compiled for sm_90 (Triton 3.6) every wgmma group is followed by wait_group 0.
-                if INTER_BF16:  # S rounded to bf16 for this product only (the carried state stays fp32)
-                    inter = dot(cast(qi.to(tl.float32) * q_decay[:, None], tl.bfloat16, INTERPRET),
-                                cast(S, tl.bfloat16, INTERPRET), None, INTERPRET)
-                else:
-                    inter = dot(qi.to(tl.float32) * q_decay[:, None], S, None, INTERPRET)
-                upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
-                qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
-                o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, inter, INTERPRET)
-                tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
-            S = S * tl.exp(-s * m) + upd
+                inter = dot(qi.to(tl.float32) * q_decay[:, None], S, None, INTERPRET)
+            upd = dot(kdT, vi, None, INTERPRET)  # (K ∘ λ^(m-1-t))ᵀ V  [D, BE]
+            qk = dot(qi, kT, None, INTERPRET)  # [C, C] fp32
+            o = dot(cast(qk * diag, vi.dtype, INTERPRET), vi, inter, INTERPRET)
+            tl.store(o_base + r64 * stride_ot, cast(o, o_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        S = S * tl.exp(-s * m) + upd
 
     tl.store(st_ptrs, S)
 
@@ -206,7 +153,7 @@ def prefill(
     slots: torch.Tensor,  # [B] int64 on q.device
     max_len: int | None = None,  # longest sequence (None: T), picks the value split
     state_only: bool = False,  # only advance the states (no output; q is not read): returns None
-    **config: int | bool,  # overrides: block_e, chunk, num_warps, num_stages (prefill_config), inter_bf16, decay_out
+    **config: int | bool,  # overrides: block_e, chunk, num_warps, num_stages (prefill_config), inter_bf16
 ) -> torch.Tensor | None:
     """Varlen lightning prefill; returns o [T, H, E] in q.dtype and updates states[slots]."""
     T, H, D = q.shape
@@ -232,7 +179,7 @@ def prefill(
         q, k, v, out, decay, cu_seqlens, slots, states,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         states.stride(0), states.stride(1),
-        D=D, E=E, BE=block_e, C=chunk, INTER_BF16=bool(cfg["inter_bf16"]), DECAY_OUT=bool(cfg.get("decay_out")),
+        D=D, E=E, BE=block_e, C=chunk, INTER_BF16=bool(cfg["inter_bf16"]),
         STATE_ONLY=state_only, INTERPRET=interpreting(), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
