@@ -26,7 +26,6 @@ TMA needs a compiled kernel with descriptors (`triton.tools.tensor_descriptor.Te
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 import triton
@@ -37,11 +36,10 @@ from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms, sw
 
 # The model's shape on Hopper (32 experts, 6144 -> 9216): 128-row blocks; up: 128 columns each of w1 and w3
 # (two 128 x 128 fp32 accumulators), down: 256 columns; 8 warps, 3 stages (48 KB of tiles per stage).
-# flatten: the tile loop and the K loop software-pipelined as one (tl.range(flatten=True), where this Triton has
-# it; otherwise the plain loops). tail: an expert's last block with at most BM/2 rows runs as a BM/2-row tile
-# (segments padded to BM/2 instead of BM: fewer idle padding rows in the MMAs).
-DEFAULT = dict(BM=128, BN_UP=128, BN_DOWN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3, tma=True, flatten=False,
-               tail=False)
+# Measured slower on an H200 and removed (bench/results/prefill-kernels-moe-2026-11-30): the tile and K loops
+# pipelined as one (tl.range flatten=True: 6.14 ms vs 5.96 at 4096 tokens, 21.3 vs 19.5 at 16K) and an expert's
+# last block of at most BM/2 rows as a half-height tile (6.60 ms vs 5.96 at 4096 tokens).
+DEFAULT = dict(BM=128, BN_UP=128, BN_DOWN=256, BK=64, GROUP_M=8, num_warps=8, num_stages=3, tma=True)
 
 
 def _largest_divisor(n: int, options: tuple[int, ...]) -> int:
@@ -131,44 +129,18 @@ def _up_tile(row0, e, n, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, N, K
 
 
 @triton.jit
-def _up_step(t, xs_desc, xs_half, xs_ptr, w_desc, w_ptr, act_desc, act_half, act_ptr, blk_ptr, seg_ptr, offs_ptr,
-             num_n, N, K, stride_xs, stride_w, stride_act, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr,
-             BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TAIL: tl.constexpr, TMA: tl.constexpr,
-             INTERPRET: tl.constexpr):
-    e, b, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
-    row0 = tl.load(seg_ptr + e) + b * BM
-    if TAIL:  # an expert's last block with at most BM/2 rows runs as a BM/2-row tile
-        if tl.load(offs_ptr + e + 1) - tl.load(offs_ptr + e) - b * BM <= BM // 2:
-            _up_tile(row0, e, n, xs_half, xs_ptr, w_desc, w_ptr, act_half, act_ptr, N, K, stride_xs, stride_w,
-                     stride_act, BM // 2, BN, BK, TMA, INTERPRET)
-        else:
-            _up_tile(row0, e, n, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, N, K, stride_xs, stride_w,
-                     stride_act, BM, BN, BK, TMA, INTERPRET)
-    else:
-        _up_tile(row0, e, n, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, N, K, stride_xs, stride_w,
-                 stride_act, BM, BN, BK, TMA, INTERPRET)
-
-
-@triton.jit
 def _up_kernel(
-    xs_desc, xs_half, xs_ptr, w_desc, w_ptr, act_desc, act_half, act_ptr, blk_ptr, seg_ptr, offs_ptr,
+    xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, blk_ptr,
     N, K, stride_xs, stride_w, stride_act,
     E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TAIL: tl.constexpr, TMA: tl.constexpr,
-    FLATTEN: tl.constexpr, INTERPRET: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     num_n = N // BN
     num_tiles = tl.load(blk_ptr + E) * num_n
-    if FLATTEN:  # tile loop and K loop pipelined as one (the next tile's loads overlap this one's epilogue)
-        for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=True):
-            _up_step(t, xs_desc, xs_half, xs_ptr, w_desc, w_ptr, act_desc, act_half, act_ptr, blk_ptr, seg_ptr,
-                     offs_ptr, num_n, N, K, stride_xs, stride_w, stride_act, E, EP, BM, BN, BK, GROUP_M, TAIL, TMA,
-                     INTERPRET)
-    else:
-        for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
-            _up_step(t, xs_desc, xs_half, xs_ptr, w_desc, w_ptr, act_desc, act_half, act_ptr, blk_ptr, seg_ptr,
-                     offs_ptr, num_n, N, K, stride_xs, stride_w, stride_act, E, EP, BM, BN, BK, GROUP_M, TAIL, TMA,
-                     INTERPRET)
+    for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
+        e, b, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
+        _up_tile((tl.load(blk_ptr + e) + b) * BM, e, n, xs_desc, xs_ptr, w_desc, w_ptr, act_desc, act_ptr, N, K,
+                 stride_xs, stride_w, stride_act, BM, BN, BK, TMA, INTERPRET)
 
 
 @triton.jit
@@ -190,7 +162,7 @@ def _down_tile(row0, e, b, n, count, act_desc, act_ptr, w_desc, w_ptr, y_ptr, or
             a = tl.load(act_ptr + (row0 + offs_m).to(tl.int64)[:, None] * stride_act + k + offs_k[None, :])
             w = tl.load(w_ptr + (w_row + offs_n).to(tl.int64)[:, None] * stride_w + k + offs_k[None, :])
         acc = dot(a, tl.trans(w), acc, INTERPRET)
-    local = b * BM + offs_m  # row within the expert's segment (BM: the full blocks' height)
+    local = b * BM + offs_m  # row within the expert's segment
     rmask = local < count
     dst = tl.load(order_ptr + first + local, mask=rmask, other=0)
     rw = tl.load(rw_ptr + dst, mask=rmask, other=0.0).to(tl.float32)
@@ -199,53 +171,20 @@ def _down_tile(row0, e, b, n, count, act_desc, act_ptr, w_desc, w_ptr, y_ptr, or
 
 
 @triton.jit
-def _down_step(t, act_desc, act_half, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr, seg_ptr,
-               num_n, N, K, stride_act, stride_w, stride_y, E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr,
-               BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TAIL: tl.constexpr, TMA: tl.constexpr,
-               INTERPRET: tl.constexpr):
-    e, b, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
-    row0 = tl.load(seg_ptr + e) + b * BM
-    first = tl.load(offs_ptr + e)
-    count = tl.load(offs_ptr + e + 1) - first
-    if TAIL:
-        if count - b * BM <= BM // 2:
-            # b·BM = 2·b·(BM/2): the half tile's row numbering within the expert, in BM/2 units
-            _down_tile(row0, e, 2 * b, n, count, act_half, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, first,
-                       N, K, stride_act, stride_w, stride_y, BM // 2, BN, BK, TMA, INTERPRET)
-        else:
-            _down_tile(row0, e, b, n, count, act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, first, N,
-                       K, stride_act, stride_w, stride_y, BM, BN, BK, TMA, INTERPRET)
-    else:
-        _down_tile(row0, e, b, n, count, act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, first, N, K,
-                   stride_act, stride_w, stride_y, BM, BN, BK, TMA, INTERPRET)
-
-
-@triton.jit
 def _down_kernel(
-    act_desc, act_half, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr, seg_ptr,
+    act_desc, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
     N, K, stride_act, stride_w, stride_y,
     E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TAIL: tl.constexpr, TMA: tl.constexpr,
-    FLATTEN: tl.constexpr, INTERPRET: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_PROGS: tl.constexpr, TMA: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     num_n = N // BN
     num_tiles = tl.load(blk_ptr + E) * num_n
-    if FLATTEN:
-        for t in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=True):
-            _down_step(t, act_desc, act_half, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
-                       seg_ptr, num_n, N, K, stride_act, stride_w, stride_y, E, EP, BM, BN, BK, GROUP_M, TAIL, TMA,
-                       INTERPRET)
-    else:
-        for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
-            _down_step(t, act_desc, act_half, act_ptr, w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, offs_ptr, blk_ptr,
-                       seg_ptr, num_n, N, K, stride_act, stride_w, stride_y, E, EP, BM, BN, BK, GROUP_M, TAIL, TMA,
-                       INTERPRET)
-
-
-@functools.lru_cache(maxsize=None)
-def flatten_available() -> bool:
-    """Whether this Triton's tl.range takes `flatten` (one software pipeline over the tile and K loops)."""
-    return "flatten" in inspect.signature(tl.range.__init__).parameters
+    for t in range(tl.program_id(0), num_tiles, NUM_PROGS):
+        e, b, n = _tile(t, blk_ptr, num_n, E, EP, GROUP_M)
+        first = tl.load(offs_ptr + e)
+        _down_tile((tl.load(blk_ptr + e) + b) * BM, e, b, n, tl.load(offs_ptr + e + 1) - first, act_desc, act_ptr,
+                   w_desc, w_ptr, y_ptr, order_ptr, rw_ptr, first, N, K, stride_act, stride_w, stride_y, BM, BN, BK,
+                   TMA, INTERPRET)
 
 
 def _descriptor(t: torch.Tensor, block: list[int], tma: bool):
@@ -275,8 +214,6 @@ def tma_experts(
     cfg = dict(config or config_for(hidden, inter))
     BM, BN_UP, BN_DOWN, BK, GROUP_M = (cfg.pop(k) for k in ("BM", "BN_UP", "BN_DOWN", "BK", "GROUP_M"))
     tma = bool(cfg.pop("tma", True)) and tma_available()
-    flatten = bool(cfg.pop("flatten", False)) and flatten_available()
-    tail = bool(cfg.pop("tail", False))
     if not (BN_UP and BN_DOWN and BK) or inter % BN_UP or hidden % BN_DOWN or hidden % BK or inter % BK:
         raise ValueError(f"tiles {BN_UP}/{BN_DOWN}/{BK} must divide intermediate {inter} and hidden {hidden}")
     x = x.contiguous()
@@ -284,17 +221,14 @@ def tma_experts(
     TK = T * topk
     dev = x.device
     order, counts, offs = sort_by_expert(ids, E)
-    # Row blocks of BM per expert; each expert's segment of the padded rows starts at `seg` and is padded to a
-    # multiple of BM (of BM/2 with tail: a last block of at most BM/2 rows is a half-height tile).
-    unit = BM // 2 if tail else BM
+    # Row blocks of BM per expert, expert e's from blk[e] on; its segment of the padded rows starts at row
+    # blk[e]·BM (the kernels' row of block b: (blk[e] + b)·BM).
     blk = torch.zeros(E + 1, dtype=torch.int32, device=dev)
     blk[1:] = torch.cumsum((counts + BM - 1) // BM, 0)
-    seg = torch.zeros(E + 1, dtype=torch.int32, device=dev)
-    seg[1:] = torch.cumsum((counts + unit - 1) // unit * unit, 0)
     # Padded slot of each sorted row: its expert's first padded row + its rank within the expert.
     e_sorted = ids.reshape(-1)[order]
-    pos = torch.arange(TK, device=dev) - offs[e_sorted] + seg[e_sorted]
-    rows = (triton.cdiv(TK, BM) + min(E, TK)) * BM  # upper bound on seg[E]: no sync
+    pos = torch.arange(TK, device=dev) - offs[e_sorted] + blk[e_sorted] * BM
+    rows = (triton.cdiv(TK, BM) + min(E, TK)) * BM  # upper bound on blk[E]·BM: no sync
     interpret = interpreting()
     # Padding rows stay as the allocator left them: each output row depends on its own A row only, and the
     # down kernel stores real rows only. Zeroed under the interpreter, whose numpy warns on garbage.
@@ -306,15 +240,13 @@ def tma_experts(
     w13_2d, w2_2d = w13.view(E * two_i, hidden), w2.view(E * hidden, inter)
     EP = triton.next_power_of_2(E)
     progs = num_sms(dev)
-    flags = dict(E=E, EP=EP, BM=BM, BK=BK, GROUP_M=GROUP_M, NUM_PROGS=progs, TAIL=tail, TMA=tma, FLATTEN=flatten,
-                 INTERPRET=interpret, **cfg)
+    flags = dict(E=E, EP=EP, BM=BM, BK=BK, GROUP_M=GROUP_M, NUM_PROGS=progs, TMA=tma, INTERPRET=interpret, **cfg)
     _up_kernel[(progs,)](
-        _descriptor(xs, [BM, BK], tma), _descriptor(xs, [BM // 2, BK], tma and tail), xs,
-        _descriptor(w13_2d, [BN_UP, BK], tma), w13_2d, _descriptor(act, [BM, BN_UP], tma),
-        _descriptor(act, [BM // 2, BN_UP], tma and tail), act, blk, seg, offs, inter, hidden, xs.stride(0),
-        w13_2d.stride(0), act.stride(0), BN=BN_UP, **flags)
+        _descriptor(xs, [BM, BK], tma), xs, _descriptor(w13_2d, [BN_UP, BK], tma), w13_2d,
+        _descriptor(act, [BM, BN_UP], tma), act, blk, inter, hidden, xs.stride(0), w13_2d.stride(0),
+        act.stride(0), BN=BN_UP, **flags)
     _down_kernel[(progs,)](
-        _descriptor(act, [BM, BK], tma), _descriptor(act, [BM // 2, BK], tma and tail), act,
-        _descriptor(w2_2d, [BN_DOWN, BK], tma), w2_2d, y, order, weights.reshape(-1), offs, blk, seg, hidden, inter,
-        act.stride(0), w2_2d.stride(0), y.stride(0), BN=BN_DOWN, **flags)
+        _descriptor(act, [BM, BK], tma), act, _descriptor(w2_2d, [BN_DOWN, BK], tma), w2_2d, y, order,
+        weights.reshape(-1), offs, blk, hidden, inter, act.stride(0), w2_2d.stride(0), y.stride(0), BN=BN_DOWN,
+        **flags)
     return y.view(T, topk, hidden).sum(1)  # the k partial outputs of each token (fp32 accumulate, one rounding)
