@@ -26,6 +26,7 @@ if [ "${1:-}" != bench ]; then
     tests/test_paged_attention.py tests/test_moe_decode.py tests/test_fused_ops.py tests/test_quant_kernels.py \
     tests/test_quant.py tests/test_engine.py tests/test_generation.py tests/test_cli.py tests/test_longctx.py \
     tests/test_attention_prefill.py tests/test_lightning_segmented.py tests/test_moe_prefill_choice.py \
+    tests/test_moe_tma.py tests/test_lightning_variants.py \
     tests/test_prefix_cache.py tests/test_linear_triton.py 2>&1 | tee "$OUTDIR/gpu-tests.log" | tail -15
   for g in 1 0; do
     MINIMAX01_CUDA_GRAPHS=$g python3 -m minimax01 generate --prompt "The lightning attention" --max-new-tokens 64 \

@@ -98,10 +98,10 @@ def test_state_only_variant() -> None:
 
 @pytest.mark.parametrize("block_e", [32, 64, 128])
 def test_sweep_shapes_at_the_model_head_dim(block_e: int) -> None:
-    """The value blocks bench/lightning_sweep.py times (D = E = 128), with both chunk lengths. On the GPU every
-    warps × stages pairing is compiled and checked too; a launch whose tiles do not fit the shared memory
-    (OutOfResources: the sweep reports those as NaN) is passed over, but the default stages (3 at C = 64, 2 at
-    C = 128) must compile."""
+    """The value blocks bench/lightning_sweep.py times (D = E = 128), with both chunk lengths. On the GPU with
+    4 and 8 warps at the default stages (3 at C = 64, 2 at C = 128), which must compile unless the tiles cannot
+    fit (block_e 128 at C = 128); every other pairing the sweep times is checked there against the fp64
+    reference at 32 K (its error columns), so compiling all of them here too would only repeat that, slowly."""
     from triton.runtime.errors import OutOfResources
 
     global DIM
@@ -109,14 +109,14 @@ def test_sweep_shapes_at_the_model_head_dim(block_e: int) -> None:
     DIM = 128
     try:
         lens = [LENS[0], 130] if CUDA else [130]
-        launches = [(w, st) for w in (4, 8) for st in (2, 3, 4)] if CUDA else [(4, 3)]
         for chunk in (64, 128):
-            for warps, stages in launches:
+            default_stages = 3 if chunk == 64 else 2
+            for warps, stages in [(w, default_stages) for w in (4, 8)] if CUDA else [(4, 3)]:
                 cfg = dict(block_e=block_e, chunk=chunk, num_warps=warps, num_stages=stages)
                 try:
                     check(cfg, torch.bfloat16, lens)
                 except OutOfResources:
-                    if stages == (3 if chunk == 64 else 2) and not (block_e == 128 and chunk == 128):
+                    if not (block_e == 128 and chunk == 128):
                         raise
     finally:
         DIM = saved
