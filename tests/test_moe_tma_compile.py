@@ -3,21 +3,15 @@ GPU: Triton lowers to PTX and its bundled ptxas assembles, no driver needed. The
 (test_moe_tma.py) run the kernels' arithmetic but not the compiler; this catches what only the compiler rejects
 before GPU time is spent on it.
 
-Runs in a subprocess without TRITON_INTERPRET (the other kernel tests set it before triton is imported, and an
-interpreted @triton.jit cannot be compiled). Skipped on CUDA machines, where the real tests compile the kernels.
+Runs through tests/hopper_compile.py. Skipped on CUDA machines, where the real tests compile the kernels.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from hopper_compile import compile_for_hopper
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The model's shape (32 experts, 6144 -> 9216, bf16) with its config (config_for), through descriptors and
 # through pointer loads.
@@ -65,12 +59,4 @@ for fn, bn, descs in KERNELS:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA: the kernel tests compile it for this GPU")
 def test_compiles_for_hopper() -> None:
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launch's default; set only to silence its warning
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("this Triton has no bundled ptxas")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("compiled") == 4
+    assert compile_for_hopper(SCRIPT).count("compiled") == 4
