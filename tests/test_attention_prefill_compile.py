@@ -15,41 +15,19 @@ from hopper_compile import compile_for_hopper
 
 # The model's shape (G = 8, D = 128, 64-token blocks, bf16): every kernel option, both block-lookup paths.
 SCRIPT = r'''
-import inspect
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from minimax01.kernels import attention_prefill_triton as prefill
 
 C = prefill.PrefillConfig
 CONFIGS = [C(128, 64, 8, 4, block_ahead=True, exp_fma=True, v_early=True), C(128, 128, 8, 3, block_ahead=True),
            C(128, 64, 8, 3, tma=True, block_ahead=True, warp_specialize=True)]
-fn = prefill._prefill_kernel
-names = list(inspect.signature(fn.fn).parameters)
 INT_PTRS = {"bt_ptr": "*i32", "slot_ptr": "*i64", "cu_ptr": "*i32", "len_ptr": "*i32", "tile_seq_ptr": "*i32",
             "tile_q0_ptr": "*i32"}
 for c in CONFIGS:
-    sig = {}
-    for n in names:
-        if n in INT_PTRS:
-            sig[n] = INT_PTRS[n]
-        elif n.endswith("_ptr"):
-            sig[n] = "*bf16"
-        elif n in ("k_desc", "v_desc"):
-            sig[n] = "tensordesc<bf16[%d, 128]>" % c.block_n if c.tma else "*bf16"
-        elif n.startswith("stride"):
-            sig[n] = "i32"
-        elif n == "scale_log2":
-            sig[n] = "fp32"
-        else:
-            sig[n] = "constexpr"
+    desc = "tensordesc<bf16[%d, 128]>" % c.block_n if c.tma else "*bf16"
     consts = dict(G=8, D=128, BM=c.block_m, BN=c.block_n, BS=64, TMA=c.tma, WS=c.warp_specialize,
                   V_EARLY=c.v_early, EXP_FMA=c.exp_fma, AHEAD=c.block_ahead, INTERPRET=False)
-    # pointers and strides 16-divisible, as the launch specializes them (what lets the loads vectorize)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if sig[n].startswith("*") or n.startswith("stride")}
-    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=c.num_warps, num_stages=c.num_stages))
+    compile_sm90(prefill._prefill_kernel, dict(INT_PTRS, k_desc=desc, v_desc=desc, scale_log2="fp32"), consts,
+                 c.num_warps, c.num_stages)
     print("compiled", c, flush=True)
 '''
 

@@ -16,10 +16,6 @@ from hopper_compile import compile_for_hopper
 # The model's shape (32 experts, 6144 -> 9216, bf16) with its config (config_for), through descriptors and
 # through pointer loads.
 SCRIPT = r'''
-import inspect
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from minimax01.kernels import moe_tma_triton as m
 
 E, HIDDEN, INTER = 32, 6144, 9216
@@ -31,28 +27,12 @@ KERNELS = [  # kernel, its column tile, descriptor blocks
     (m._down_kernel, cfg["BN_DOWN"], dict(act_desc=(BM, BK), w_desc=(cfg["BN_DOWN"], BK))),
 ]
 for fn, bn, descs in KERNELS:
-    names = list(inspect.signature(fn.fn).parameters)
     for tma in (True, False):
-        sig = {}
-        for n in names:
-            if n in INT_PTRS:
-                sig[n] = INT_PTRS[n]
-            elif n.endswith("_ptr"):
-                sig[n] = "*bf16"
-            elif n in descs:
-                sig[n] = "tensordesc<bf16[%d, %d]>" % descs[n] if tma else "*bf16"
-            elif n in ("N", "K") or n.startswith("stride"):
-                sig[n] = "i32"
-            else:
-                sig[n] = "constexpr"
+        types = dict(INT_PTRS, N="i32", K="i32")
+        types.update({n: "tensordesc<bf16[%d, %d]>" % block if tma else "*bf16" for n, block in descs.items()})
         consts = dict(E=E, EP=triton.next_power_of_2(E), BM=BM, BN=bn, BK=BK, GROUP_M=cfg["GROUP_M"],
                       NUM_PROGS=132, TMA=tma, INTERPRET=False)
-        # pointers, dims and strides 16-divisible, as the launch specializes them
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-                 if sig[n].startswith("*") or sig[n] == "i32"}
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32),
-                       options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        compile_sm90(fn, types, consts, cfg["num_warps"], cfg["num_stages"])
         print("compiled", fn.fn.__name__, "tma" if tma else "pointers", flush=True)
 '''
 
