@@ -12,7 +12,6 @@ import pytest
 import torch
 from hopper_compile import compile_for_hopper
 
-
 # The model's shape (G = 8, D = 128, 64-token blocks, bf16): every kernel option, both block-lookup paths.
 SCRIPT = r'''
 from minimax01.kernels import attention_prefill_triton as prefill

@@ -12,7 +12,6 @@ import pytest
 import torch
 from hopper_compile import compile_for_hopper
 
-
 # The model's shape (32 experts, 6144 -> 9216, bf16) with its config (config_for), through descriptors and
 # through pointer loads.
 SCRIPT = r'''
