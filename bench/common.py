@@ -143,6 +143,35 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return (num / max(den, 1e-60)) ** 0.5
 
 
+def lightning_inputs(n: int, heads: int, dim: int, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sequence's lightning prefill inputs, seeded by n: q, k, v [n, H, D] in the model's layout (bf16 strided
+    views of one SiLU'd [n, H, 3D] projection) and an fp32 initial state [1, H, D, D]."""
+    g = torch.Generator(device=device).manual_seed(n)
+    proj = torch.randn(n, heads, 3 * dim, device=device, generator=g, dtype=torch.bfloat16)
+    q, k, v = torch.nn.functional.silu(proj).split(dim, dim=-1)
+    st0 = torch.randn(1, heads, dim, dim, device=device, generator=g) * 0.1
+    return q, k, v, st0
+
+
+def fla_chunk_simple_gla() -> Callable[..., Any] | None:
+    """fla-core's chunk_simple_gla, or None where the (optional) wheel does not import."""
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception as exc:
+        print("fla unavailable:", exc)
+        return None
+    return chunk_simple_gla
+
+
+def fla_lightning(chunk_gla: Callable[..., Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  decay: torch.Tensor, st0: torch.Tensor) -> Callable[[], Any]:
+    """The same prefill as our kernel through fla's chunk_simple_gla (contiguous [1, n, H, D] copies made once,
+    g_gamma = −decay per head, no query scaling): a call to time."""
+    qc, kc, vc = (t.contiguous()[None] for t in (q, k, v))
+    return lambda: chunk_gla(qc, kc, vc, g_gamma=-decay, scale=1.0, initial_state=st0, output_final_state=True)
+
+
 def percentile(xs: list[float], q: float) -> float:
     """Linear-interpolated q-th percentile (q in [0, 100]); nan for no data."""
     if not xs:

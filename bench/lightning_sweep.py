@@ -34,8 +34,16 @@ if SMOKE:
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from common import bench, environment, rel_err, roofline, write_results  # noqa: E402
+from common import (  # noqa: E402
+    bench,
+    environment,
+    fla_chunk_simple_gla,
+    fla_lightning,
+    lightning_inputs,
+    rel_err,
+    roofline,
+    write_results,
+)
 
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
 from minimax01.kernels.lightning_ref import layer_decay_rates, lightning_prefill_ref  # noqa: E402
@@ -74,15 +82,6 @@ def timed(fn) -> float:
     return bench(fn)
 
 
-def fla_chunk_simple_gla():
-    try:
-        from fla.ops.simple_gla import chunk_simple_gla
-    except Exception as exc:  # the fla-core wheel is optional
-        print("fla unavailable:", exc)
-        return None
-    return chunk_simple_gla
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
@@ -104,10 +103,7 @@ def main() -> None:
     tol: dict[str, float] = {}
 
     for n in LENGTHS:
-        g = torch.Generator(device=DEV).manual_seed(n)
-        # the model's layout: bf16 strided views of one SiLU'd [n, H, 3D] projection
-        q, k, v = F.silu(torch.randn(n, H, 3 * D, device=DEV, generator=g, dtype=torch.bfloat16)).split(D, dim=-1)
-        st0 = torch.randn(1, H, D, D, device=DEV, generator=g) * 0.1
+        q, k, v, st0 = lightning_inputs(n, H, D, DEV)
         cu = torch.tensor([0, n], dtype=torch.int32, device=DEV)
         floor_ms = 4 * n * H * D * 2 / (roof["copy_gbps"] * 1e6)
 
@@ -129,11 +125,8 @@ def main() -> None:
             info.update(err_default_o=rel_err(o_def, o64), err_default_state=rel_err(st_def[0], s64))
         if chunk_gla is not None:
             try:
-                qc, kc, vc = (t.contiguous()[None] for t in (q, k, v))
-                info["fla_ms"] = timed(lambda: chunk_gla(qc, kc, vc, g_gamma=-decay, scale=1.0,
-                                                         initial_state=st0, output_final_state=True))
+                info["fla_ms"] = timed(fla_lightning(chunk_gla, q, k, v, decay, st0))
                 info["fla_frac_of_floor"] = floor_ms / info["fla_ms"]
-                del qc, kc, vc
             except Exception as exc:
                 print("fla failed:", type(exc).__name__, str(exc)[:300], flush=True)
         info["default_config"] = name(default)
