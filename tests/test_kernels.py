@@ -20,6 +20,7 @@ import torch
 from triton_harness import (  # noqa: F401
     CUDA,
     DEV,
+    check_lightning_prefill,
     only_where_kernels_run,
     prefill_decode_logits,
     rel,
@@ -78,16 +79,7 @@ def test_prefill_varlen_matches_reference(dtype: torch.dtype, triton_backend: No
     states = states0.clone()
     out = torch.full_like(v, float("nan"))  # poison: every row must be written
     out = kernels.lightning_prefill(q, k, v, decay, cu, states, slots)
-    for b, slot in enumerate(slots):
-        lo, hi = cu[b], cu[b + 1]
-        args = [t[lo:hi].transpose(0, 1) for t in (q, k, v)]
-        o64, s64 = lightning_prefill_ref(*[a.double() for a in args], decay, states0[slot].double())
-        o_ref, s_ref = lightning_prefill_ref(*args, decay, states0[slot])  # the reference in `dtype`
-        tol_o = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(o_ref, o64) + 1e-4
-        tol_s = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(s_ref, s64) + 1e-4
-        if hi > lo:
-            assert rel(out[lo:hi].transpose(0, 1), o64) <= tol_o, (b, rel(out[lo:hi].transpose(0, 1), o64), tol_o)
-        assert rel(states[slot], s64) <= tol_s, (b, rel(states[slot], s64), tol_s)
+    check_lightning_prefill(q, k, v, decay, cu, slots, states0, states, out, FP32_TOL, BF16_FACTOR)
     untouched = [i for i in range(states.shape[0]) if i not in slots]
     assert torch.equal(states[untouched], states0[untouched])
 
@@ -100,18 +92,13 @@ def test_prefill_configs_agree(dtype: torch.dtype) -> None:
     cu = torch.tensor([0, 100], dtype=torch.int32, device=DEV)
     slot = torch.tensor([0], device=DEV)
     st0 = torch.randn(1, HEADS, DIM, DIM, generator=torch.Generator().manual_seed(3)).to(DEV)
-    o64, s64 = lightning_prefill_ref(*[t.transpose(0, 1).double() for t in (q, k, v)], decay, st0[0].double())
-    o_ref, s_ref = lightning_prefill_ref(*[t.transpose(0, 1) for t in (q, k, v)], decay, st0[0])
-    tol_o = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(o_ref, o64) + 1e-4
-    tol_s = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(s_ref, s64) + 1e-4
     configs = [dict(block_e=DIM, chunk=16, num_warps=8), dict(block_e=16, chunk=32), dict(block_e=32, chunk=64)]
     if dtype == torch.bfloat16:
         configs += [dict(block_e=16, chunk=32, inter_bf16=False)]  # the default for bf16 is True
     for cfg in configs:
         st = st0.clone()
         o = lightning_triton.prefill(q, k, v, decay, cu, st, slot, **cfg)
-        assert rel(o.transpose(0, 1), o64) <= tol_o, cfg
-        assert rel(st[0], s64) <= tol_s, cfg
+        check_lightning_prefill(q, k, v, decay, [0, 100], [0], st0, st, o, FP32_TOL, BF16_FACTOR, cfg)
 
 
 def test_prefill_config_heuristic() -> None:

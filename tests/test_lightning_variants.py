@@ -15,12 +15,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triton_harness import CUDA, DEV, only_where_kernels_run, rel, relaunch_test  # noqa: F401
+from triton_harness import CUDA, DEV, check_lightning_prefill, only_where_kernels_run, relaunch_test  # noqa: F401
 
 pytest.importorskip("triton")
 
 from minimax01.kernels import lightning_triton as lt  # noqa: E402
-from minimax01.kernels.lightning_ref import layer_decay_rates, lightning_prefill_ref  # noqa: E402
+from minimax01.kernels.lightning_ref import layer_decay_rates  # noqa: E402
 
 HEADS, DIM = (64, 128) if CUDA else (2, 32)
 FP32_TOL = 5e-3 if CUDA else 1e-5
@@ -62,18 +62,8 @@ def check(cfg: dict, dtype: torch.dtype, lens: list[int], state_only: bool = Fal
     out = lt.prefill(q, k, v, decay, cu_t, states, torch.tensor(slots, device=DEV), max_len=max(lens),
                      state_only=state_only, **cfg)
     assert (out is None) == state_only or out.shape[0] == 0
-    for b, slot in enumerate(slots):
-        lo, hi = cu[b], cu[b + 1]
-        args = [t[lo:hi].transpose(0, 1) for t in (q, k, v)]
-        o64, s64 = lightning_prefill_ref(*[a.double() for a in args], decay.double(), states0[slot].double())
-        o_ref, s_ref = lightning_prefill_ref(*args, decay, states0[slot])  # the reference in `dtype`
-        tol_o = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(o_ref, o64) + 1e-4
-        tol_s = FP32_TOL if dtype == torch.float32 else BF16_FACTOR * rel(s_ref, s64) + 1e-4
-        if hi > lo and not state_only:
-            err = rel(out[lo:hi].transpose(0, 1), o64)
-            assert err <= tol_o, (cfg, b, err, tol_o)
-        err = rel(states[slot], s64)
-        assert err <= tol_s, (cfg, b, err, tol_s)
+    check_lightning_prefill(q, k, v, decay, cu, slots, states0, states, None if state_only else out, FP32_TOL,
+                            BF16_FACTOR, cfg)
     assert torch.equal(states[-1], states0[-1])  # a slot outside the batch is untouched
 
 

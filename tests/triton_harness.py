@@ -34,6 +34,29 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).norm() / ref.norm())
 
 
+def check_lightning_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, cu: list[int],
+                            slots: list[int], states0: torch.Tensor, states: torch.Tensor, out: torch.Tensor | None,
+                            fp32_tol: float, bf16_factor: float, context: object = None) -> None:
+    """A varlen lightning prefill against the fp64 block reference, sequence by sequence: sequence b is rows
+    cu[b]:cu[b+1] of q, k, v [T, H, D] (and of out), its state went from states0[slots[b]] to states[slots[b]].
+    Tolerance, ‖err‖/‖ref‖: fp32 inputs `fp32_tol`; 16-bit inputs `bf16_factor` × the error of the reference
+    itself run in that dtype, + 1e-4. out None: the states alone."""
+    from minimax01.kernels.lightning_ref import lightning_prefill_ref
+
+    for b, slot in enumerate(slots):
+        lo, hi = cu[b], cu[b + 1]
+        args = [t[lo:hi].transpose(0, 1) for t in (q, k, v)]
+        o64, s64 = lightning_prefill_ref(*[a.double() for a in args], decay, states0[slot].double())
+        o_ref, s_ref = lightning_prefill_ref(*args, decay, states0[slot])  # the reference in the inputs' dtype
+        tol_o = fp32_tol if q.dtype == torch.float32 else bf16_factor * rel(o_ref, o64) + 1e-4
+        tol_s = fp32_tol if q.dtype == torch.float32 else bf16_factor * rel(s_ref, s64) + 1e-4
+        if out is not None and hi > lo:
+            err = rel(out[lo:hi].transpose(0, 1), o64)
+            assert err <= tol_o, (context, b, err, tol_o)
+        err = rel(states[slot], s64)
+        assert err <= tol_s, (context, b, err, tol_s)
+
+
 @pytest.fixture(autouse=True)
 def only_where_kernels_run(request: pytest.FixtureRequest) -> None:
     """Imported into a test module: skips its tests in a process whose triton is not in interpreter mode."""
