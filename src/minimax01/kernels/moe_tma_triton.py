@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minimax01.kernels.moe_triton import sort_by_expert
+from minimax01.kernels.moe_triton import row_blocks, sort_by_expert
 from minimax01.kernels.triton_common import cast, dot, interpreting, num_sms, swizzle
 
 # The model's shape on Hopper (32 experts, 6144 -> 9216): 128-row blocks; up: 128 columns each of w1 and w3
@@ -223,12 +223,11 @@ def tma_experts(
     order, counts, offs = sort_by_expert(ids, E)
     # Row blocks of BM per expert, expert e's from blk[e] on; its segment of the padded rows starts at row
     # blk[e]·BM (the kernels' row of block b: (blk[e] + b)·BM).
-    blk = torch.zeros(E + 1, dtype=torch.int32, device=dev)
-    blk[1:] = torch.cumsum((counts + BM - 1) // BM, 0)
+    blk, max_blocks = row_blocks(counts, TK, BM)
     # Padded slot of each sorted row: its expert's first padded row + its rank within the expert.
     e_sorted = ids.reshape(-1)[order]
     pos = torch.arange(TK, device=dev) - offs[e_sorted] + blk[e_sorted] * BM
-    rows = (triton.cdiv(TK, BM) + min(E, TK)) * BM  # upper bound on blk[E]·BM: no sync
+    rows = max_blocks * BM  # padded rows: an upper bound, no sync
     interpret = interpreting()
     # Padding rows stay as the allocator left them: each output row depends on its own A row only, and the
     # down kernel stores real rows only. Zeroed under the interpreter, whose numpy warns on garbage.

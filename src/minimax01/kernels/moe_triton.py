@@ -136,6 +136,16 @@ def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, t
     return order, counts, offs
 
 
+def row_blocks(counts: torch.Tensor, tk: int, bm: int) -> tuple[torch.Tensor, int]:
+    """BM-row blocks of the tk expert-sorted rows (counts [E] per expert): blk [E+1] int32, expert e's blocks
+    being blk[e]..blk[e+1] (device ops), and an upper bound on blk[E] known without a sync (every expert's last
+    block may be partial)."""
+    num_experts = counts.shape[0]
+    blk = torch.zeros(num_experts + 1, dtype=torch.int32, device=counts.device)
+    blk[1:] = torch.cumsum((counts + bm - 1) // bm, 0)
+    return blk, triton.cdiv(tk, bm) + min(num_experts, tk)
+
+
 def _config(rows_per_expert: float) -> dict[str, int]:
     """Tile shapes (measured on an H100, docs/kernels.md): BM = 16 for decode (weight streaming), tensor-core
     tiles for prefill."""
@@ -186,10 +196,8 @@ def triton_experts(
     bk_up, bk_down = math.gcd(hidden, bk), math.gcd(inter, bk)  # K tiles that divide K: no K masks
     if min(bk_up, bk_down) < 16:
         raise ValueError(f"hidden ({hidden}) and intermediate ({inter}) must be multiples of 16")
-    order, _, offs = sort_by_expert(ids, E)
-    blk = torch.zeros(E + 1, dtype=torch.int32, device=x.device)
-    blk[1:] = torch.cumsum((offs[1:] - offs[:-1] + BM - 1) // BM, 0)
-    num_m = triton.cdiv(TK, BM) + min(E, TK)  # upper bound on the row blocks: no sync on blk[E]
+    order, counts, offs = sort_by_expert(ids, E)
+    blk, num_m = row_blocks(counts, TK, BM)
     EP = triton.next_power_of_2(E)
     interpret = interpreting()
 
